@@ -1,1 +1,38 @@
-//! placeholder
+//! `modelperf-bus` owns everything between the services and NATS JetStream: connecting with
+//! every authentication option, the contract's topology ensured at start-up, the partition
+//! function, publishing with `Nats-Msg-Id`, the stateless consume → process → publish → ack
+//! runner with its dead-letter handling, leases, checkpoints and the stateful owner loop.
+//!
+//! Layout:
+//! - [`config`]: `[nats]` and `[bus]` settings and the layered configuration loader;
+//! - [`connect`]: connecting and the JetStream context;
+//! - [`topology`]: the declarative table of streams, consumers, buckets, and `ensure`;
+//! - [`partition`]: `partition_of`;
+//! - [`publish`]: [`Outgoing`], publish with an awaited ack, dead letters;
+//! - [`runner`]: the stateless runner and its [`Handler`] trait;
+//! - [`lease`]: one owner at a time per key;
+//! - [`checkpoint`]: compare-and-set checkpoints;
+//! - [`owner`]: the stateful apply → checkpoint → ack-all loop;
+//! - [`error`]: [`BusError`] and its classes.
+
+pub mod checkpoint;
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod lease;
+pub mod owner;
+pub mod partition;
+pub mod publish;
+pub mod runner;
+pub mod topology;
+
+pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use config::{BusConfig, ConfigError, NatsConfig};
+pub use connect::{connect, jetstream};
+pub use error::{BusError, ErrorClass};
+pub use lease::{Lease, Leases};
+pub use owner::{OwnerConfig, PartitionOwner, open_at, run_owner};
+pub use partition::partition_of;
+pub use publish::{Origin, Outgoing, TRACEPARENT, dead_letter, publish, send};
+pub use runner::{Failure, Handler, Incoming, RunStats, RunnerConfig, run};
+pub use topology::{Service, Topology, buckets, streams};

@@ -1,0 +1,214 @@
+//! Configuration shared by every service: the NATS connection and the bus limits, and the
+//! layered loader (defaults, then a TOML file, then `MODELPERF_<SECTION>__<KEY>` variables).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// How to reach NATS (`[nats]`, `MODELPERF_NATS__*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated: `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// A `.creds` file (JWT + NKey seed).
+    pub creds_file: Option<PathBuf>,
+    /// User for user/password authentication.
+    pub user: Option<String>,
+    /// Password for user/password authentication.
+    pub password: Option<String>,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// A file holding an NKey seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A PEM file of CA certificates; setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Replicas of every stream, KV bucket and object store this service creates.
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            creds_file: None,
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            replicas: 1,
+        }
+    }
+}
+
+/// Limits of streams, consumers, checkpoints and leases (`[bus]`, `MODELPERF_BUS__*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// Partitions of `PERF_EVENTS`; fixed for the life of a deployment.
+    pub partitions: u32,
+    /// How long the server waits for an ack before redelivering.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Unacknowledged messages a consumer may have outstanding.
+    pub max_ack_pending: i64,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliver: i64,
+    /// Messages fetched per pull request and processed as one batch.
+    pub fetch_batch: usize,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped by the server.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// How often stateful owners checkpoint (and then ack).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Lifetime of a lease that is not renewed.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 8,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 10_000,
+            max_deliver: 10,
+            fetch_batch: 500,
+            duplicate_window: Duration::from_secs(120),
+            checkpoint_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+impl BusConfig {
+    /// Checks relations between the limits; the error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError::Invalid { key: format!("MODELPERF_BUS__{key}"), reason: why.into() });
+        if self.partitions == 0 {
+            return bad("PARTITIONS", "must be at least 1");
+        }
+        if self.fetch_batch == 0 {
+            return bad("FETCH_BATCH", "must be at least 1");
+        }
+        if self.max_ack_pending < self.fetch_batch as i64 {
+            return bad("MAX_ACK_PENDING", "must be at least FETCH_BATCH");
+        }
+        if self.max_deliver < 1 {
+            return bad("MAX_DELIVER", "must be at least 1");
+        }
+        if self.lease_ttl < Duration::from_millis(300) {
+            return bad("LEASE_TTL", "must be at least 300ms");
+        }
+        if self.checkpoint_interval >= self.ack_wait {
+            return bad("CHECKPOINT_INTERVAL", "must be shorter than ACK_WAIT");
+        }
+        Ok(())
+    }
+}
+
+/// A configuration that cannot be used. Its display is the one line a service prints before
+/// exiting with 64.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a bad value.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid {
+        /// The key as an operator writes it (env name or TOML path).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file could not be read or parsed.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+}
+
+/// The environment prefix of every key.
+pub const ENV_PREFIX: &str = "MODELPERF_";
+
+/// Loads `T` from its defaults, then `file` (or `$MODELPERF_CONFIG`), then the environment
+/// (`MODELPERF_<SECTION>__<KEY>`; lists comma-separated).
+pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    let env_file = std::env::var_os("MODELPERF_CONFIG").map(PathBuf::from);
+    if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+        if !path.exists() {
+            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    // `MODELPERF_LOG` and `MODELPERF_CONFIG` are not sections.
+    let env = Env::prefixed(ENV_PREFIX).split("__").filter(|k| k.as_str().contains('.'));
+    figment.merge(env).extract().map_err(|e| {
+        let key = e.path.join(".");
+        let origin = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"))
+        };
+        match (origin.is_empty(), e.kind.clone()) {
+            (true, kind) => ConfigError::Load(kind.to_string()),
+            (false, kind) => ConfigError::Invalid { key: format!("{origin} ({key})"), reason: kind.to_string() },
+        }
+    })
+}
+
+/// Deserialises a list from a sequence or a comma-separated string (environment overrides).
+pub fn comma_list<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> Result<Vec<T>, D::Error>
+where
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Either::deserialize(d)? {
+        Either::List(v) => v,
+        Either::Text(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    };
+    items.iter().map(|s| s.parse().map_err(serde::de::Error::custom)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    #[serde(default)]
+    struct Sample {
+        nats: NatsConfig,
+        bus: BusConfig,
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[bus]\npartitions = 4\nack_wait = \"5s\"\n")?;
+            jail.set_env("MODELPERF_BUS__ACK_WAIT", "2s");
+            let c: Sample = load(Some(Path::new("c.toml"))).unwrap();
+            assert_eq!(c.bus.partitions, 4);
+            assert_eq!(c.bus.ack_wait, Duration::from_secs(2));
+            assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MODELPERF_BUS__MAX_DELIVER", "often");
+            let err = load::<Sample>(None).unwrap_err().to_string();
+            assert!(err.contains("MODELPERF_BUS__MAX_DELIVER"), "{err}");
+            Ok(())
+        });
+    }
+}
