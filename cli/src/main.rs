@@ -1,1 +1,119 @@
-fn main() {}
+//! `modelperf`: the command-line tool of modelperf.
+//!
+//! Layout: `main.rs` parses the command line and connects; `load.rs` is the synthetic workload.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use modelperf_bus::{BusConfig, NatsConfig, Service, Topology};
+use serde::{Deserialize, Serialize};
+
+mod load;
+
+/// Measure how AI models perform inside an agent platform.
+#[derive(Debug, Parser)]
+#[command(name = "modelperf", version)]
+struct Cli {
+    /// Configuration file (TOML); environment variables MODELPERF_<SECTION>__<KEY> override it.
+    #[arg(long, global = true, env = "MODELPERF_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the contract's streams, consumers, KV buckets and object store (idempotent).
+    Ensure,
+    /// Publish synthetic agent-platform traffic to perf.raw.*.
+    Load(load::LoadArgs),
+    /// Message counts of every stream.
+    Streams,
+    /// Check that the NATS server is 2.10 or newer with JetStream (exit 1 otherwise).
+    ServerCheck,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Config {
+    nats: NatsConfig,
+    bus: BusConfig,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let config: Config = match modelperf_bus::config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = config.bus.validate() {
+        eprintln!("{e}");
+        std::process::exit(64);
+    }
+    if let Err(e) = run(cli.command, config).await {
+        eprintln!("modelperf: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    if let Command::ServerCheck = command {
+        return server_check(&config.nats).await;
+    }
+    let client = modelperf_bus::connect(&config.nats, "modelperf-cli").await?;
+    let js = modelperf_bus::jetstream(client.clone(), std::time::Duration::from_secs(10), 4096);
+    match command {
+        Command::Ensure => {
+            let topology = Topology::contract(&config.bus, config.nats.replicas).for_service(Service::All);
+            topology.ensure(&js).await?;
+            println!(
+                "ensured {} streams, {} consumers, {} KV buckets and the reports object store",
+                topology.streams.len(),
+                topology.consumers.len(),
+                topology.buckets.len()
+            );
+        }
+        Command::Load(args) => {
+            Topology::contract(&config.bus, config.nats.replicas).for_service(Service::Collector).ensure(&js).await?;
+            let summary = load::run(&js, &args).await?;
+            println!("{summary}");
+        }
+        Command::ServerCheck => unreachable!("handled before connecting"),
+        Command::Streams => {
+            let topology = Topology::contract(&config.bus, config.nats.replicas);
+            println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");
+            for spec in &topology.streams {
+                match js.get_stream(spec.name).await {
+                    Ok(mut s) => {
+                        let info = s.info().await.with_context(|| format!("info of {}", spec.name))?;
+                        println!("{:<16} {:>12} {:>14}", spec.name, info.state.messages, info.state.bytes);
+                    }
+                    Err(_) => println!("{:<16} {:>12}", spec.name, "missing"),
+                }
+            }
+        }
+    }
+    client.flush().await?;
+    Ok(())
+}
+
+/// Refuses servers older than 2.10 or without JetStream, without retrying the connection.
+async fn server_check(nats: &NatsConfig) -> anyhow::Result<()> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(std::time::Duration::from_secs(2))
+        .connect(nats.url.as_str())
+        .await
+        .with_context(|| format!("no nats server at {}", nats.url))?;
+    let info = client.server_info();
+    let mut parts = info.version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    anyhow::ensure!((major, minor) >= (2, 10), "nats-server {} at {} is older than 2.10", info.version, nats.url);
+    anyhow::ensure!(info.jetstream, "nats-server at {} runs without JetStream", nats.url);
+    println!("nats-server {} with JetStream at {}", info.version, nats.url);
+    Ok(())
+}

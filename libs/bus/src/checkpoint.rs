@@ -42,10 +42,8 @@ impl CheckpointStore {
         let entry = kv.entry(key).await.map_err(|e| BusError::js(format!("read checkpoint {key}"), e))?;
         let (revision, checkpoint) = match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let cp = rmp_serde::from_slice(&e.value).map_err(|err| BusError::Corrupt {
-                    what: format!("checkpoint {key}"),
-                    reason: err.to_string(),
-                })?;
+                let cp = rmp_serde::from_slice(&e.value)
+                    .map_err(|err| BusError::Corrupt { what: format!("checkpoint {key}"), reason: err.to_string() })?;
                 (e.revision, Some(cp))
             }
             Some(e) => (e.revision, None),
@@ -61,10 +59,10 @@ impl CheckpointStore {
 
     /// Writes a checkpoint if nobody else wrote since we last did.
     pub async fn save(&mut self, cp: &Checkpoint) -> Result<(), BusError> {
-        let value = Bytes::from(rmp_serde::to_vec_named(cp).map_err(|e| BusError::Corrupt {
-            what: format!("checkpoint {}", self.key),
-            reason: e.to_string(),
-        })?);
+        let value = Bytes::from(
+            rmp_serde::to_vec_named(cp)
+                .map_err(|e| BusError::Corrupt { what: format!("checkpoint {}", self.key), reason: e.to_string() })?,
+        );
         let written = if self.revision == 0 {
             self.kv.create(&self.key, value).await.map_err(|e| match e.kind() {
                 kv::CreateErrorKind::AlreadyExists => BusError::CheckpointConflict(self.key.clone()),

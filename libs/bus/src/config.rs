@@ -90,7 +90,9 @@ impl Default for BusConfig {
 impl BusConfig {
     /// Checks relations between the limits; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError::Invalid { key: format!("MODELPERF_BUS__{key}"), reason: why.into() });
+        let bad = |key: &str, why: &str| {
+            Err(ConfigError::Invalid { key: format!("MODELPERF_BUS__{key}"), reason: why.into() })
+        };
         if self.partitions == 0 {
             return bad("PARTITIONS", "must be at least 1");
         }
@@ -179,6 +181,7 @@ where
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
 mod tests {
     use super::*;
 

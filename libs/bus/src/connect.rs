@@ -37,13 +37,11 @@ pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<Client, BusError> {
     if let Some(ca) = &cfg.tls_ca_file {
         opts = opts.add_root_certificates(ca.clone()).require_tls(true);
     }
-    let opts = opts
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect()
-        .event_callback(|event| async move {
+    let opts = opts.name(name).connection_timeout(Duration::from_secs(5)).retry_on_initial_connect().event_callback(
+        |event| async move {
             tracing::info!(%event, "nats connection event");
-        });
+        },
+    );
     let urls: Vec<async_nats::ServerAddr> = cfg
         .url
         .split(',')

@@ -21,7 +21,9 @@ pub enum BusError {
     #[error("failed to connect to nats: {0}")]
     Connect(String),
     /// An existing stream, consumer or bucket has settings that conflict with the contract.
-    #[error("{what} exists with {field} = {existing}, but modelperf needs {wanted}; fix or delete it by hand (never changed automatically)")]
+    #[error(
+        "{what} exists with {field} = {existing}, but modelperf needs {wanted}; fix or delete it by hand (never changed automatically)"
+    )]
     Conflict {
         /// e.g. `stream PERF_RAW`.
         what: String,

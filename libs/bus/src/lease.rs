@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::{self, Store};
 use async_nats::jetstream::Context;
+use async_nats::jetstream::kv::{self, Store};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
@@ -47,9 +47,7 @@ impl Leases {
     /// The holder of `key`, if any.
     pub async fn holder(&self, key: &str) -> Result<Option<String>, BusError> {
         let entry = self.kv.entry(key).await.map_err(|e| BusError::js(format!("read lease {key}"), e))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .map(|e| String::from_utf8_lossy(&e.value).into_owned()))
+        Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| String::from_utf8_lossy(&e.value).into_owned()))
     }
 
     /// Takes `key` if it is free. `Ok(None)` when someone else holds it.

@@ -7,7 +7,7 @@
 //! - [`config`]: `[nats]` and `[bus]` settings and the layered configuration loader;
 //! - [`connect`]: connecting and the JetStream context;
 //! - [`topology`]: the declarative table of streams, consumers, buckets, and `ensure`;
-//! - [`partition`]: `partition_of`;
+//! - [`partition`]: the partition function;
 //! - [`publish`]: [`Outgoing`], publish with an awaited ack, dead letters;
 //! - [`runner`]: the stateless runner and its [`Handler`] trait;
 //! - [`lease`]: one owner at a time per key;

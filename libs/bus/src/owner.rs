@@ -38,18 +38,20 @@ pub trait PartitionOwner: Send {
 
 /// Recreates the durable consumer `durable` so that it delivers from `start_seq` (1 = the
 /// beginning). The owner holds the partition's lease, so nobody else pulls from it.
-pub async fn open_at(js: &Context, topology: &Topology, durable: &str, start_seq: u64) -> Result<PullConsumer, BusError> {
-    let spec = topology
-        .consumer(durable)
-        .ok_or_else(|| BusError::Config(format!("no consumer {durable} in the topology")))?;
-    let stream = js.get_stream(spec.stream).await.map_err(|e| BusError::js(format!("get stream {}", spec.stream), e))?;
+pub async fn open_at(
+    js: &Context,
+    topology: &Topology,
+    durable: &str,
+    start_seq: u64,
+) -> Result<PullConsumer, BusError> {
+    let spec =
+        topology.consumer(durable).ok_or_else(|| BusError::Config(format!("no consumer {durable} in the topology")))?;
+    let stream =
+        js.get_stream(spec.stream).await.map_err(|e| BusError::js(format!("get stream {}", spec.stream), e))?;
     let _ = stream.delete_consumer(durable).await;
     let mut config = topology.consumer_config(spec);
-    config.deliver_policy = if start_seq <= 1 {
-        DeliverPolicy::All
-    } else {
-        DeliverPolicy::ByStartSequence { start_sequence: start_seq }
-    };
+    config.deliver_policy =
+        if start_seq <= 1 { DeliverPolicy::All } else { DeliverPolicy::ByStartSequence { start_sequence: start_seq } };
     stream.create_consumer(config).await.map_err(|e| BusError::js(format!("create consumer {durable}"), e))
 }
 
@@ -67,6 +69,7 @@ pub struct OwnerConfig {
 /// Runs `owner` on its consumer from `resume_after + 1` until `stop` (shutdown or a lost
 /// lease). A graceful stop writes a last checkpoint; a lost lease does not (the successor owns
 /// the checkpoint now). Returns the last checkpointed sequence.
+#[allow(clippy::too_many_arguments)] // each is a distinct piece the caller owns
 pub async fn run_owner<O: PartitionOwner>(
     js: &Context,
     consumer: PullConsumer,
@@ -88,7 +91,8 @@ pub async fn run_owner<O: PartitionOwner>(
         .ready_chunks(cfg.fetch_batch);
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut state = Progress { applied_seq: resume_after, checkpointed_seq: resume_after, acks: Vec::new(), last: None };
+    let mut state =
+        Progress { applied_seq: resume_after, checkpointed_seq: resume_after, acks: Vec::new(), last: None };
     loop {
         tokio::select! {
             biased;
@@ -125,14 +129,28 @@ struct Progress {
 }
 
 impl Progress {
-    async fn apply<O: PartitionOwner>(&mut self, js: &Context, owner: &mut O, stage: &str, msg: Message) -> Result<(), BusError> {
-        let info = msg.info().map_err(|e| BusError::Corrupt { what: "message metadata".into(), reason: e.to_string() })?;
+    async fn apply<O: PartitionOwner>(
+        &mut self,
+        js: &Context,
+        owner: &mut O,
+        stage: &str,
+        msg: Message,
+    ) -> Result<(), BusError> {
+        let info =
+            msg.info().map_err(|e| BusError::Corrupt { what: "message metadata".into(), reason: e.to_string() })?;
         let (stream, seq, delivered) = (info.stream.to_owned(), info.stream_sequence, info.delivered);
         if seq <= self.applied_seq {
             // A redelivery of something already applied (e.g. after an ack was lost).
             return Ok(());
         }
-        let incoming = Incoming { subject: &msg.subject, headers: msg.headers.as_ref(), payload: &msg.payload, stream: &stream, seq, delivered };
+        let incoming = Incoming {
+            subject: &msg.subject,
+            headers: msg.headers.as_ref(),
+            payload: &msg.payload,
+            stream: &stream,
+            seq,
+            delivered,
+        };
         let outputs = match owner.apply(&incoming) {
             Ok(outputs) => outputs,
             Err(Failure::Terminate { code, reason }) => {
@@ -151,7 +169,12 @@ impl Progress {
         Ok(())
     }
 
-    async fn checkpoint<O: PartitionOwner>(&mut self, js: &Context, store: &mut CheckpointStore, owner: &mut O) -> Result<(), BusError> {
+    async fn checkpoint<O: PartitionOwner>(
+        &mut self,
+        js: &Context,
+        store: &mut CheckpointStore,
+        owner: &mut O,
+    ) -> Result<(), BusError> {
         for out in owner.tick() {
             self.acks.push(send(js, out).await?);
         }

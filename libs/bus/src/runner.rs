@@ -12,9 +12,9 @@
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Message};
-use async_nats::jetstream::Context;
 use futures::stream::FuturesUnordered;
 use futures::{StreamExt, future};
 use modelperf_schema::ErrorCode;
@@ -224,7 +224,13 @@ fn process_batch<'a, H: Handler>(
                 }
                 Err(Failure::Retry(reason)) => {
                     let reason = format!("failed {delivered} times, last: {reason}");
-                    let dl = dead_letter(&cfg.stage, incoming.origin(), incoming.payload, ErrorCode::RetriesExhausted, &reason);
+                    let dl = dead_letter(
+                        &cfg.stage,
+                        incoming.origin(),
+                        incoming.payload,
+                        ErrorCode::RetriesExhausted,
+                        &reason,
+                    );
                     (Settle::Term, vec![dl])
                 }
                 Err(Failure::Terminate { code, reason }) => {
@@ -235,10 +241,10 @@ fn process_batch<'a, H: Handler>(
             let mut acks = Vec::with_capacity(outputs.len());
             let mut sent = true;
             for mut out in outputs {
-                if let Some(tp) = incoming.header(TRACEPARENT) {
-                    if out.headers.get(TRACEPARENT).is_none() {
-                        out.headers.insert(TRACEPARENT, tp);
-                    }
+                if let Some(tp) = incoming.header(TRACEPARENT)
+                    && out.headers.get(TRACEPARENT).is_none()
+                {
+                    out.headers.insert(TRACEPARENT, tp);
                 }
                 match send(js, out).await {
                     Ok(ack) => acks.push(ack),
@@ -257,13 +263,16 @@ fn process_batch<'a, H: Handler>(
 
         let mut stats = RunStats::default();
         for (msg, (settle, acks, delivered)) in msgs.iter().zip(plans) {
-            let stored = future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await.into_iter().all(|r| match r {
-                Ok(_) => true,
-                Err(e) => {
-                    tracing::warn!(stage = %cfg.stage, error = %e, "publish not acknowledged, will redeliver");
-                    false
-                }
-            });
+            let stored = future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+                .into_iter()
+                .all(|r| match r {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(stage = %cfg.stage, error = %e, "publish not acknowledged, will redeliver");
+                        false
+                    }
+                });
             let settle = if stored { settle } else { Settle::Nak(cfg.backoff(delivered)) };
             let (kind, counter) = match settle {
                 Settle::Ack => (AckKind::Ack, &mut stats.acked),
@@ -277,9 +286,12 @@ fn process_batch<'a, H: Handler>(
             }
         }
         let stage = cfg.stage.clone();
-        metrics::counter!("modelperf_runner_messages_total", "stage" => stage.clone(), "outcome" => "ok").increment(stats.acked);
-        metrics::counter!("modelperf_runner_messages_total", "stage" => stage.clone(), "outcome" => "retry").increment(stats.retried);
-        metrics::counter!("modelperf_runner_messages_total", "stage" => stage, "outcome" => "dead_letter").increment(stats.dead_lettered);
+        metrics::counter!("modelperf_runner_messages_total", "stage" => stage.clone(), "outcome" => "ok")
+            .increment(stats.acked);
+        metrics::counter!("modelperf_runner_messages_total", "stage" => stage.clone(), "outcome" => "retry")
+            .increment(stats.retried);
+        metrics::counter!("modelperf_runner_messages_total", "stage" => stage, "outcome" => "dead_letter")
+            .increment(stats.dead_lettered);
         stats
     }
     .instrument(span)

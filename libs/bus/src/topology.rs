@@ -132,8 +132,22 @@ impl Topology {
         use RetentionPolicy::{Limits, WorkQueue};
         let streams = vec![
             stream(streams::RAW, &["perf.raw.>"], WorkQueue, DAY, dup, &[Collector]),
-            stream(streams::EVENTS, &["perf.events.>"], Limits, 7 * DAY, dup, &[Collector, Aggregator, RlPipeline, Analyzer]),
-            stream(streams::DLQ, &["perf.dlq.>"], Limits, 7 * DAY, dup, &[Collector, Aggregator, RlPipeline, Analyzer, Monitor]),
+            stream(
+                streams::EVENTS,
+                &["perf.events.>"],
+                Limits,
+                7 * DAY,
+                dup,
+                &[Collector, Aggregator, RlPipeline, Analyzer],
+            ),
+            stream(
+                streams::DLQ,
+                &["perf.dlq.>"],
+                Limits,
+                7 * DAY,
+                dup,
+                &[Collector, Aggregator, RlPipeline, Analyzer, Monitor],
+            ),
             stream(streams::PARTIALS, &["perf.partials.>"], Limits, DAY, dup, &[Aggregator]),
             stream(streams::METRICS, &["perf.metrics.>"], Limits, 35 * DAY, dup, &[Aggregator, Analyzer, Monitor]),
             stream(
@@ -146,7 +160,14 @@ impl Topology {
             ),
             stream(streams::ALERTS, &["perf.alerts.>"], Limits, 90 * DAY, dup, &[Monitor]),
             stream(streams::OUTBOX, &["perf.outbox.>"], WorkQueue, 7 * DAY, dup, &[Monitor]),
-            stream(streams::RL_BATCHES, &["rl.batches.>"], Limits, 30 * DAY, dup.max(Duration::from_secs(600)), &[RlPipeline]),
+            stream(
+                streams::RL_BATCHES,
+                &["rl.batches.>"],
+                Limits,
+                30 * DAY,
+                dup.max(Duration::from_secs(600)),
+                &[RlPipeline],
+            ),
         ];
         let consumer = |stream, durable: String, filter: Option<String>, ack_policy, owner| ConsumerSpec {
             stream,
@@ -168,8 +189,16 @@ impl Topology {
         consumers.push(consumer(streams::SIGNALS, "monitor-signals".into(), None, AckPolicy::All, Monitor));
         consumers.push(consumer(streams::OUTBOX, "monitor-outbox".into(), None, AckPolicy::Explicit, Monitor));
         let buckets = vec![
-            BucketSpec { name: buckets::LEASES, max_age: bus.lease_ttl, used_by: &[Aggregator, RlPipeline, Analyzer, Monitor] },
-            BucketSpec { name: buckets::STATE, max_age: Duration::ZERO, used_by: &[Aggregator, RlPipeline, Analyzer, Monitor] },
+            BucketSpec {
+                name: buckets::LEASES,
+                max_age: bus.lease_ttl,
+                used_by: &[Aggregator, RlPipeline, Analyzer, Monitor],
+            },
+            BucketSpec {
+                name: buckets::STATE,
+                max_age: Duration::ZERO,
+                used_by: &[Aggregator, RlPipeline, Analyzer, Monitor],
+            },
             BucketSpec { name: buckets::RL_LEDGER, max_age: 30 * DAY, used_by: &[RlPipeline] },
         ];
         Self { streams, consumers, buckets, reports_used_by: &[Analyzer], bus: bus.clone(), replicas: replicas.max(1) }
@@ -205,8 +234,8 @@ impl Topology {
         for b in &self.buckets {
             self.ensure_bucket(js, b).await?;
         }
-        if !self.reports_used_by.is_empty() {
-            if js.get_object_store(buckets::REPORTS).await.is_err() {
+        if !self.reports_used_by.is_empty() && js.get_object_store(buckets::REPORTS).await.is_err() {
+            {
                 js.create_object_store(object_store::Config {
                     bucket: buckets::REPORTS.into(),
                     num_replicas: self.replicas,
@@ -237,16 +266,13 @@ impl Topology {
                 match js.create_stream(wanted.clone()).await {
                     Ok(_) => return Ok(()),
                     // Another replica may have created it in between: fall through and check.
-                    Err(_) => js.get_stream(s.name).await.map_err(|e| BusError::js(format!("create stream {}", s.name), e))?,
+                    Err(_) => {
+                        js.get_stream(s.name).await.map_err(|e| BusError::js(format!("create stream {}", s.name), e))?
+                    }
                 }
             }
         };
-        let have = stream
-            .info()
-            .await
-            .map_err(|e| BusError::js(format!("stream info {}", s.name), e))?
-            .config
-            .clone();
+        let have = stream.info().await.map_err(|e| BusError::js(format!("stream info {}", s.name), e))?.config.clone();
         let what = format!("stream {}", s.name);
         let conflict = |field: &str, existing: String, wanted: String| BusError::Conflict {
             what: what.clone(),
@@ -321,7 +347,12 @@ impl Topology {
             have.filter_subject.clone()
         };
         if have_filter != wanted.filter_subject {
-            return Err(BusError::Conflict { what, field: "filter_subject".into(), existing: have_filter, wanted: wanted.filter_subject });
+            return Err(BusError::Conflict {
+                what,
+                field: "filter_subject".into(),
+                existing: have_filter,
+                wanted: wanted.filter_subject,
+            });
         }
         if have.ack_policy != wanted.ack_policy {
             return Err(BusError::Conflict {
@@ -331,7 +362,10 @@ impl Topology {
                 wanted: format!("{:?}", wanted.ack_policy),
             });
         }
-        if have.ack_wait != wanted.ack_wait || have.max_deliver != wanted.max_deliver || have.max_ack_pending != wanted.max_ack_pending {
+        if have.ack_wait != wanted.ack_wait
+            || have.max_deliver != wanted.max_deliver
+            || have.max_ack_pending != wanted.max_ack_pending
+        {
             tracing::warn!(
                 consumer = %c.durable,
                 old_ack_wait = ?have.ack_wait, new_ack_wait = ?wanted.ack_wait,
@@ -364,16 +398,18 @@ impl Topology {
                     ..Default::default()
                 })
                 .await;
-            if let Err(e) = created {
-                if js.get_key_value(b.name).await.is_err() {
-                    return Err(BusError::js(format!("create kv bucket {}", b.name), e));
-                }
+            if let Err(e) = created
+                && js.get_key_value(b.name).await.is_err()
+            {
+                return Err(BusError::js(format!("create kv bucket {}", b.name), e));
             }
             return Ok(());
         }
         let stream_name = format!("KV_{}", b.name);
-        let mut stream = js.get_stream(&stream_name).await.map_err(|e| BusError::js(format!("get stream {stream_name}"), e))?;
-        let have = stream.info().await.map_err(|e| BusError::js(format!("stream info {stream_name}"), e))?.config.clone();
+        let mut stream =
+            js.get_stream(&stream_name).await.map_err(|e| BusError::js(format!("get stream {stream_name}"), e))?;
+        let have =
+            stream.info().await.map_err(|e| BusError::js(format!("stream info {stream_name}"), e))?.config.clone();
         if have.num_replicas != self.replicas {
             return Err(BusError::Conflict {
                 what: format!("kv bucket {}", b.name),

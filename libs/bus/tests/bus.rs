@@ -1,6 +1,8 @@
 //! The bus against a real `nats-server -js`: topology, runner (retry, dead letters), leases and
 //! checkpoints. Cross-process crash tests (`kill -9`) live in the e2e crate.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -134,10 +136,14 @@ async fn retries_back_off_and_permanent_failures_are_dead_lettered_once() {
     let bodies: Vec<_> = events.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
     assert_eq!(bodies.len(), 3, "{bodies:?}");
     for m in &events {
-        assert_eq!(m.headers.as_ref().unwrap().get(TRACEPARENT).unwrap().as_str(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            m.headers.as_ref().unwrap().get(TRACEPARENT).unwrap().as_str(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
     }
 
-    let codes: Vec<_> = dead.iter().map(|m| m.headers.as_ref().unwrap().get(dlq::ERROR).unwrap().as_str().to_owned()).collect();
+    let codes: Vec<_> =
+        dead.iter().map(|m| m.headers.as_ref().unwrap().get(dlq::ERROR).unwrap().as_str().to_owned()).collect();
     assert!(codes.contains(&"schema".to_owned()) && codes.contains(&"retries_exhausted".to_owned()), "{codes:?}");
     let poison = dead.iter().find(|m| &m.payload[..] == b"poison").unwrap();
     let h = poison.headers.as_ref().unwrap();
@@ -171,7 +177,10 @@ async fn one_lease_holder_at_a_time_and_takeover_within_ttl() {
     let stop = CancellationToken::new();
     let lease_b = b.acquire("aggregator.p0", &stop).await.unwrap().unwrap();
     let takeover = died.elapsed();
-    assert!(takeover <= topology.bus.lease_ttl + topology.bus.lease_ttl / 3 + Duration::from_millis(500), "{takeover:?}");
+    assert!(
+        takeover <= topology.bus.lease_ttl + topology.bus.lease_ttl / 3 + Duration::from_millis(500),
+        "{takeover:?}"
+    );
 
     // Releasing hands over at once.
     lease_b.release().await;
@@ -254,7 +263,9 @@ async fn an_owner_checkpoints_acks_and_resumes_where_it_stopped() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         stopper.cancel();
     });
-    run_owner(&js, consumer, &mut store, &mut owner, cp.applied_seq, &cfg, stop, CancellationToken::new()).await.unwrap();
+    run_owner(&js, consumer, &mut store, &mut owner, cp.applied_seq, &cfg, stop, CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!(owner.applied, 10);
     assert_eq!(owner.sum, (1..=110).sum::<u64>());
 

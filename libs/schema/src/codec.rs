@@ -86,16 +86,9 @@ fn unsupported(v: u64) -> ValidationError {
 }
 
 /// Decodes an event without validating its values (for trusted streams the services wrote).
-pub fn decode_unvalidated(
-    body: &[u8],
-    content_type: Option<&str>,
-) -> Result<Event, ValidationError> {
+pub fn decode_unvalidated(body: &[u8], content_type: Option<&str>) -> Result<Event, ValidationError> {
     let format = detect_format(body, content_type).ok_or_else(|| {
-        ValidationError::new(
-            ErrorCode::Decode,
-            "",
-            "body is neither a JSON object nor a MessagePack map",
-        )
+        ValidationError::new(ErrorCode::Decode, "", "body is neither a JSON object nor a MessagePack map")
     })?;
     let decode = |seed: EventSeed| match format {
         Format::Json => from_json_seed(body, seed),
@@ -119,16 +112,9 @@ pub fn from_json<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, ValidationEr
     from_json_seed(body, std::marker::PhantomData::<T>)
 }
 
-fn from_json_seed<'a, S: DeserializeSeed<'a>>(
-    body: &'a [u8],
-    seed: S,
-) -> Result<S::Value, ValidationError> {
+fn from_json_seed<'a, S: DeserializeSeed<'a>>(body: &'a [u8], seed: S) -> Result<S::Value, ValidationError> {
     if let Err(e) = std::str::from_utf8(body) {
-        return Err(ValidationError::new(
-            ErrorCode::Decode,
-            "",
-            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-        ));
+        return Err(ValidationError::new(ErrorCode::Decode, "", format!("invalid UTF-8 at byte {}", e.valid_up_to())));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut track = serde_path_to_error::Track::new();
@@ -186,11 +172,7 @@ fn from_msgpack_seed<S: for<'a> DeserializeSeed<'a>>(
 /// Serde reports a negative number for an unsigned field as an invalid value; that is a range
 /// violation in our terms ("counts are non-negative integers"), everything else is `schema`.
 fn classify_data_error(msg: &str) -> ErrorCode {
-    if msg.starts_with("invalid value: integer `-") {
-        ErrorCode::Range
-    } else {
-        ErrorCode::Schema
-    }
+    if msg.starts_with("invalid value: integer `-") { ErrorCode::Range } else { ErrorCode::Schema }
 }
 
 fn path_of(path: &serde_path_to_error::Path) -> String {
@@ -274,9 +256,7 @@ pub mod ts {
         }
 
         /// Deserialises from RFC 3339 with any offset, or null.
-        pub fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
             Option::<Ts>::deserialize(d).map(|o| o.map(|t| t.0))
         }
     }

@@ -113,9 +113,7 @@ impl Event {
 }
 
 /// The kinds of event.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// The orchestrator started a task.
@@ -566,9 +564,7 @@ impl<'de> Deserialize<'de> for Feature {
             AttrValue::Text(s) => Ok(Feature::Text(s)),
             AttrValue::Int(i) => Ok(Feature::Number(i as f64)),
             AttrValue::Float(f) => Ok(Feature::Number(f)),
-            AttrValue::Bool(_) => {
-                Err(serde::de::Error::custom("invalid type: boolean, expected a string or number"))
-            }
+            AttrValue::Bool(_) => Err(serde::de::Error::custom("invalid type: boolean, expected a string or number")),
         }
     }
 }

@@ -24,8 +24,7 @@ pub mod names;
 pub mod validate;
 
 pub use codec::{
-    MAX_EVENT_BYTES, decode_event, decode_unvalidated, format_ts, from_json, from_msgpack,
-    parse_ts, to_msgpack,
+    MAX_EVENT_BYTES, decode_event, decode_unvalidated, format_ts, from_json, from_msgpack, parse_ts, to_msgpack,
 };
 pub use dlq::ValidationErrorDoc;
 pub use event::*;

@@ -85,9 +85,8 @@ impl<'de> Visitor<'de> for ModelRefVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ModelRef, E> {
-        ModelRef::parse_short(v).ok_or_else(|| {
-            E::custom(format!("model string `{v}` is not of the form \"provider/name\""))
-        })
+        ModelRef::parse_short(v)
+            .ok_or_else(|| E::custom(format!("model string `{v}` is not of the form \"provider/name\"")))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ModelRef, A::Error> {
@@ -129,8 +128,7 @@ mod tests {
     #[test]
     fn object_form_and_errors() {
         let m: ModelRef =
-            serde_json::from_str(r#"{"provider":"openai","name":"gpt-4o","version":"2024-08-06"}"#)
-                .unwrap();
+            serde_json::from_str(r#"{"provider":"openai","name":"gpt-4o","version":"2024-08-06"}"#).unwrap();
         assert_eq!(m.version.as_deref(), Some("2024-08-06"));
         assert!(serde_json::from_str::<ModelRef>("\"gpt-4o\"").is_err());
         assert!(serde_json::from_str::<ModelRef>(r#"{"provider":"openai"}"#).is_err());

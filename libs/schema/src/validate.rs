@@ -90,11 +90,7 @@ impl ValidationError {
     /// A new error; the reason is prefixed with the field when it does not already name it.
     pub fn new(code: ErrorCode, field: &str, reason: impl Into<String>) -> Self {
         let reason = reason.into();
-        let reason = if field.is_empty() || reason.starts_with(field) {
-            reason
-        } else {
-            format!("{field}: {reason}")
-        };
+        let reason = if field.is_empty() || reason.starts_with(field) { reason } else { format!("{field}: {reason}") };
         Self { code, field: field.to_owned(), reason }
     }
 }
@@ -114,11 +110,7 @@ pub const MAX_FUTURE: Duration = Duration::minutes(5);
 pub const MAX_AGE: Duration = Duration::days(7);
 
 /// The `ts` rule: at most 5 minutes in the future and, unless replayed, at most 7 days old.
-pub fn check_ts_range(
-    ts: DateTime<Utc>,
-    now: DateTime<Utc>,
-    replay: bool,
-) -> Result<(), ValidationError> {
+pub fn check_ts_range(ts: DateTime<Utc>, now: DateTime<Utc>, replay: bool) -> Result<(), ValidationError> {
     if ts > now + MAX_FUTURE {
         return Err(ValidationError::new(
             ErrorCode::Range,
@@ -209,10 +201,10 @@ pub fn validate_event(e: &Event) -> Result<(), ValidationError> {
     if e.v < 1 {
         c.fail(ErrorCode::Schema, "v", format!("must be {SCHEMA_VERSION}, got {}", e.v));
     }
-    if let Some(id) = &e.id {
-        if !is_valid_id(id) {
-            c.fail(ErrorCode::Schema, "id", "must be 1-128 characters of [A-Za-z0-9._:-]".into());
-        }
+    if let Some(id) = &e.id
+        && !is_valid_id(id)
+    {
+        c.fail(ErrorCode::Schema, "id", "must be 1-128 characters of [A-Za-z0-9._:-]".into());
     }
     if e.source.is_empty() {
         c.fail(ErrorCode::Schema, "source", "must not be empty".into());
@@ -275,10 +267,10 @@ pub fn validate_event(e: &Event) -> Result<(), ValidationError> {
             }
         }
     }
-    if let Some(rate) = e.sample_rate {
-        if !(rate > 0.0 && rate <= 1.0) {
-            c.fail(ErrorCode::Range, "sample_rate", format!("must be in (0, 1], got {rate}"));
-        }
+    if let Some(rate) = e.sample_rate
+        && !(rate > 0.0 && rate <= 1.0)
+    {
+        c.fail(ErrorCode::Range, "sample_rate", format!("must be in (0, 1], got {rate}"));
     }
     if let Some(usd) = e.cost.as_ref().and_then(|c| c.usd) {
         c.duration("cost.usd", usd);

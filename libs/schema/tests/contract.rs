@@ -4,6 +4,8 @@
 //! `MODELPERF_BLESS=1 cargo test -p modelperf-schema --test contract` rewrites the generated
 //! files (schemas and missing MessagePack fixtures); review the diff before committing it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 
 use modelperf_schema::*;
@@ -33,16 +35,15 @@ fn every_kind_has_a_frozen_valid_example() {
     let mut kinds = std::collections::BTreeSet::new();
     for path in files(&dir, "json") {
         let body = std::fs::read(&path).unwrap();
-        let event = decode_event(&body, None)
-            .unwrap_or_else(|e| panic!("{} no longer decodes: {e}", path.display()));
+        let event = decode_event(&body, None).unwrap_or_else(|e| panic!("{} no longer decodes: {e}", path.display()));
         kinds.insert(event.kind());
         // Frozen MessagePack twin of each JSON example, written once and decoded forever.
         let twin = path.with_extension("msgpack");
         if !twin.exists() && bless() {
             std::fs::write(&twin, to_msgpack(&event).unwrap()).unwrap();
         }
-        let packed = std::fs::read(&twin)
-            .unwrap_or_else(|_| panic!("missing {}: run with MODELPERF_BLESS=1", twin.display()));
+        let packed =
+            std::fs::read(&twin).unwrap_or_else(|_| panic!("missing {}: run with MODELPERF_BLESS=1", twin.display()));
         let from_pack = decode_event(&packed, None).unwrap();
         assert_eq!(from_pack, event, "{} differs from its JSON example", twin.display());
     }
@@ -96,10 +97,7 @@ fn non_finite_numbers_in_msgpack_are_range_errors() {
         ("source".into(), "x".into()),
         (
             "data".into(),
-            rmpv::Value::Map(vec![
-                ("latency_ms".into(), rmpv::Value::F64(f64::NAN)),
-                ("success".into(), true.into()),
-            ]),
+            rmpv::Value::Map(vec![("latency_ms".into(), rmpv::Value::F64(f64::NAN)), ("success".into(), true.into())]),
         ),
     ]);
     rmpv::encode::write_value(&mut body, &value).unwrap();
@@ -220,39 +218,92 @@ fn tokens() -> impl Strategy<Value = Tokens> {
 fn data() -> impl Strategy<Value = Data> {
     prop_oneof![
         proptest::option::of(ms()).prop_map(|q| Data::TaskStarted(TaskStarted { queue_ms: q })),
-        (ms(), proptest::option::of(ms()), any::<bool>(), proptest::option::of(name()),
-         proptest::option::of(tokens()), proptest::option::of(0..10u64))
+        (
+            ms(),
+            proptest::option::of(ms()),
+            any::<bool>(),
+            proptest::option::of(name()),
+            proptest::option::of(tokens()),
+            proptest::option::of(0..10u64)
+        )
             .prop_map(|(l, t, s, e, tok, r)| Data::TaskCompleted(TaskCompleted {
-                latency_ms: l, ttft_ms: t, success: s, error_kind: e, tokens: tok, retries: r,
-                tool_calls: r, cpu_ms: t, memory_mb: None,
+                latency_ms: l,
+                ttft_ms: t,
+                success: s,
+                error_kind: e,
+                tokens: tok,
+                retries: r,
+                tool_calls: r,
+                cpu_ms: t,
+                memory_mb: None,
             })),
-        (name(), model(), proptest::collection::vec((name(), model(), -10.0..10.0f64, unit()), 0..4),
-         proptest::option::of(unit()), proptest::collection::btree_map(name(), prop_oneof![
-             (-1.0e9..1.0e9f64).prop_map(Feature::Number), name().prop_map(Feature::Text)], 0..4), ms())
+        (
+            name(),
+            model(),
+            proptest::collection::vec((name(), model(), -10.0..10.0f64, unit()), 0..4),
+            proptest::option::of(unit()),
+            proptest::collection::btree_map(
+                name(),
+                prop_oneof![(-1.0e9..1.0e9f64).prop_map(Feature::Number), name().prop_map(Feature::Text)],
+                0..4
+            ),
+            ms()
+        )
             .prop_map(|(s, m, c, p, f, d)| Data::RoutingDecision(RoutingDecision {
                 strategy: s,
                 chosen: Chosen { agent_id: "a".into(), model: m },
-                candidates: c.into_iter().map(|(a, m, sc, pr)| Candidate {
-                    agent_id: a, model: m, score: sc, probability: Some(pr) }).collect(),
-                probability: p, features: f, decision_ms: d,
+                candidates: c
+                    .into_iter()
+                    .map(|(a, m, sc, pr)| Candidate { agent_id: a, model: m, score: sc, probability: Some(pr) })
+                    .collect(),
+                probability: p,
+                features: f,
+                decision_ms: d,
             })),
-        (model(), unit(), proptest::collection::btree_map(name(), unit(), 0..3),
-         proptest::option::of(unit()), proptest::option::of(any::<bool>()), proptest::option::of(tokens()))
+        (
+            model(),
+            unit(),
+            proptest::collection::btree_map(name(), unit(), 0..3),
+            proptest::option::of(unit()),
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(tokens())
+        )
             .prop_map(|(j, s, c, conf, p, t)| Data::Judgment(Judgment {
-                judge_model: j, score: s, criteria: c, confidence: conf, passed: p, tokens: t })),
+                judge_model: j,
+                score: s,
+                criteria: c,
+                confidence: conf,
+                passed: p,
+                tokens: t
+            })),
         (count(), count(), count(), unit()).prop_map(|(a, r, f, s)| Data::Minimality(Minimality {
-            lines_added: a, lines_removed: r, files_changed: f, score: s })),
-        (count(), count(), any::<bool>(), proptest::option::of(name())).prop_map(|(b, u, e, c)|
-            Data::ThinkingBudget(ThinkingBudget { budget_tokens: b, used_tokens: u, exhausted: e, complexity: c })),
+            lines_added: a,
+            lines_removed: r,
+            files_changed: f,
+            score: s
+        })),
+        (count(), count(), any::<bool>(), proptest::option::of(name())).prop_map(|(b, u, e, c)| Data::ThinkingBudget(
+            ThinkingBudget { budget_tokens: b, used_tokens: u, exhausted: e, complexity: c }
+        )),
         (any::<bool>(), proptest::collection::vec((name(), proptest::option::of(name()), text()), 0..3), unit(), ms())
             .prop_map(|(v, viol, c, d)| Data::Validation(Validation {
                 valid: v,
                 violations: viol.into_iter().map(|(s, r, m)| Violation { severity: s, rule: r, message: m }).collect(),
-                compliance_score: c, duration_ms: d })),
-        (prop_oneof![Just(AgentState::Available), Just(AgentState::Busy), Just(AgentState::Offline)],
-         proptest::option::of(Just(AgentState::Registered)), proptest::option::of(text()),
-         proptest::option::of(proptest::collection::vec(name(), 0..3)))
-            .prop_map(|(s, p, r, c)| Data::AgentStatus(AgentStatus { status: s, previous: p, reason: r, capabilities: c })),
+                compliance_score: c,
+                duration_ms: d
+            })),
+        (
+            prop_oneof![Just(AgentState::Available), Just(AgentState::Busy), Just(AgentState::Offline)],
+            proptest::option::of(Just(AgentState::Registered)),
+            proptest::option::of(text()),
+            proptest::option::of(proptest::collection::vec(name(), 0..3))
+        )
+            .prop_map(|(s, p, r, c)| Data::AgentStatus(AgentStatus {
+                status: s,
+                previous: p,
+                reason: r,
+                capabilities: c
+            })),
         proptest::collection::btree_map(name(), -1.0e12..1.0e12f64, 0..4)
             .prop_map(|m| Data::Custom(Custom { metrics: m })),
     ]
@@ -349,19 +400,34 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_map(Value::from),
-        prop_oneof![Just("v".to_string()), Just("kind".to_string()), Just("data".to_string()),
-                    Just("task_completed".to_string()), Just("2026-11-20T09:15:41Z".to_string()), text()]
-            .prop_map(Value::String),
+        prop_oneof![
+            Just("v".to_string()),
+            Just("kind".to_string()),
+            Just("data".to_string()),
+            Just("task_completed".to_string()),
+            Just("2026-11-20T09:15:41Z".to_string()),
+            text()
+        ]
+        .prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 64, 8, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             proptest::collection::btree_map(
-                prop_oneof![Just("v".to_string()), Just("kind".to_string()), Just("ts".to_string()),
-                            Just("source".to_string()), Just("data".to_string()), Just("latency_ms".to_string()),
-                            Just("model".to_string()), name()],
-                inner, 0..7)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop_oneof![
+                    Just("v".to_string()),
+                    Just("kind".to_string()),
+                    Just("ts".to_string()),
+                    Just("source".to_string()),
+                    Just("data".to_string()),
+                    Just("latency_ms".to_string()),
+                    Just("model".to_string()),
+                    name()
+                ],
+                inner,
+                0..7
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
     .prop_map(|v| match v {

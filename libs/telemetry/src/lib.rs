@@ -46,9 +46,9 @@ impl TelemetryGuard {
 /// Starts logging, tracing and metrics for `service`. Call once, first thing in `main`.
 pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_env("MODELPERF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("MODELPERF_LOG_FORMAT").map(|f| f == "json").unwrap_or_else(|_| {
-        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || !std::io::stderr().is_terminal()
-    });
+    let json = std::env::var("MODELPERF_LOG_FORMAT")
+        .map(|f| f == "json")
+        .unwrap_or_else(|_| std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() || !std::io::stderr().is_terminal());
     let tracer = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
         Ok(endpoint) if !endpoint.is_empty() => Some(otlp_provider(service)?),
         _ => None,
@@ -266,9 +266,10 @@ mod tests {
         health.register("nats", "not connected");
         metrics::counter!("modelperf_test_things_total").increment(3);
         let stop = CancellationToken::new();
-        let (addr, task) = serve("127.0.0.1:0".parse().unwrap(), health.clone(), guard.prometheus.clone(), stop.clone())
-            .await
-            .unwrap();
+        let (addr, task) =
+            serve("127.0.0.1:0".parse().unwrap(), health.clone(), guard.prometheus.clone(), stop.clone())
+                .await
+                .unwrap();
         let http = reqwest::Client::new();
         let get = |path: &str| {
             let http = http.clone();

@@ -98,7 +98,8 @@ impl NatsServer {
     /// Always starts a new server on a free port with a temporary store.
     pub async fn spawn() -> anyhow::Result<Self> {
         let binary = find_binary("MODELPERF_NATS_SERVER", "nats-server")?;
-        let out = Command::new(&binary).arg("--version").output().with_context(|| format!("running {}", binary.display()))?;
+        let out =
+            Command::new(&binary).arg("--version").output().with_context(|| format!("running {}", binary.display()))?;
         check_nats_version(&String::from_utf8_lossy(&out.stdout), &binary.display().to_string())?;
         let store = tempfile::tempdir()?;
         let port = free_port();

@@ -1,0 +1,43 @@
+# modelperf — `make help` lists the targets.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help run down test test-unit lint fmt schemas bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+run: ## install what is missing, start NATS + InfluxDB + services, run a demo workload, print a summary
+	@deploy/local/run.sh
+
+down: ## stop what `make run` started
+	@deploy/local/infra.sh down
+
+test: ## install what is missing, check formatting and lints, run every test against real servers
+	@deploy/local/prereqs.sh
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory test-unit
+
+test-unit: ## run the test suite only (needs the prerequisites)
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint: ## rustfmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+schemas: ## regenerate schemas/ from the Rust types (review the diff)
+	MODELPERF_BLESS=1 $(CARGO) test -p modelperf-schema --test contract
+
+bench: ## publish-with-ack baseline of the local NATS (results: docs/BENCHMARKS.md)
+	@deploy/local/bench.sh
+
+clean: ## remove build output and local data
+	$(CARGO) clean
+	rm -rf .local
