@@ -233,20 +233,31 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
     anyhow::ensure!(args.count.is_some() || args.duration.is_some(), "give --count or --duration");
     let models = profiles();
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
     let (mut sent, mut invalid, mut tasks) = (0u64, 0u64, 0u64);
     let start = Instant::now();
     let mut last_report = Instant::now();
     let limit = args.count.unwrap_or(u64::MAX);
     let deadline = args.duration.map(|d| start + d);
-    let mut in_flight: std::collections::VecDeque<(Instant, PublishAckFuture)> = Default::default();
+    // Acks are awaited in order by a separate task, so each latency is measured when the ack
+    // arrives rather than when the publishing loop gets round to it.
+    let (ack_tx, mut ack_rx) = tokio::sync::mpsc::channel::<(Instant, PublishAckFuture)>(1024);
+    let settler = tokio::spawn(async move {
+        let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        let mut acked = 0u64;
+        while let Some((at, ack)) = ack_rx.recv().await {
+            ack.await.context("PERF_RAW did not acknowledge a publish")?;
+            latency.saturating_record(at.elapsed().as_micros() as u64);
+            acked += 1;
+        }
+        anyhow::Ok((acked, latency))
+    });
     let stop = tokio_util::sync::CancellationToken::new();
     let stopper = stop.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
         stopper.cancel();
     });
-    'outer: while sent + in_flight.len() as u64 <= limit && !stop.is_cancelled() {
+    'outer: while sent < limit && !stop.is_cancelled() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
@@ -262,11 +273,11 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
         }
         tasks += 1;
         for (subject, id, body) in batch {
-            if sent + in_flight.len() as u64 >= limit {
+            if sent >= limit {
                 break 'outer;
             }
             if args.rate > 0 {
-                let due = start + Duration::from_secs_f64((sent + in_flight.len() as u64) as f64 / args.rate as f64);
+                let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
                 let now = Instant::now();
                 if due > now {
                     tokio::time::sleep(due - now).await;
@@ -275,31 +286,17 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
             let msg =
                 PublishMessage::build().payload(body.into()).message_id(&id).header("Content-Type", "application/json");
             let ack = js.send_publish(subject, msg).await.context("publishing to PERF_RAW")?;
-            in_flight.push_back((Instant::now(), ack));
-            while in_flight.len() > 256 {
-                settle(&mut in_flight, &mut latency, &mut sent).await?;
+            if ack_tx.send((Instant::now(), ack)).await.is_err() {
+                break 'outer; // the settler failed; its error is reported below
             }
+            sent += 1;
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
             eprintln!("load: {sent} sent, {:.0} msg/s", sent as f64 / start.elapsed().as_secs_f64());
             last_report = Instant::now();
         }
     }
-    while !in_flight.is_empty() {
-        settle(&mut in_flight, &mut latency, &mut sent).await?;
-    }
-    Ok(LoadSummary { sent, invalid, tasks, elapsed: start.elapsed(), latency })
-}
-
-async fn settle(
-    in_flight: &mut std::collections::VecDeque<(Instant, PublishAckFuture)>,
-    latency: &mut Histogram<u64>,
-    sent: &mut u64,
-) -> anyhow::Result<()> {
-    if let Some((at, ack)) = in_flight.pop_front() {
-        ack.await.context("PERF_RAW did not acknowledge a publish")?;
-        latency.saturating_record(at.elapsed().as_micros() as u64);
-        *sent += 1;
-    }
-    Ok(())
+    drop(ack_tx);
+    let (acked, latency) = settler.await.context("ack task")??;
+    Ok(LoadSummary { sent: acked, invalid, tasks, elapsed: start.elapsed(), latency })
 }

@@ -1,1 +1,2 @@
-//! End-to-end tests live in tests/.
+//! Cross-service end-to-end and fault tests of modelperf; the `bus-worker` binary is a small
+//! process built on `modelperf-bus` that the crash tests kill with `kill -9`.
