@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::error::BusError;
 use crate::publish::{Outgoing, dead_letter, send};
-use crate::runner::{Failure, Incoming};
+use crate::runner::{Failure, Incoming, pull_batches};
 use crate::topology::Topology;
 
 /// A service's state for one partition (or role).
@@ -80,15 +80,7 @@ pub async fn run_owner<O: PartitionOwner>(
     stop: CancellationToken,
     lease_lost: CancellationToken,
 ) -> Result<u64, BusError> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(cfg.fetch_batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| BusError::js(format!("pull for {}", cfg.stage), e))?
-        .ready_chunks(cfg.fetch_batch);
+    let mut messages = pull_batches(&consumer, cfg.fetch_batch, &cfg.stage).await?;
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state =

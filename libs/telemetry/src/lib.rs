@@ -59,13 +59,12 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
     });
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let result = if json {
+    // A second init in one process (tests) fails and keeps the first subscriber: ignore it.
+    let _ = if json {
         registry.with(fmt.json().flatten_event(true).with_current_span(true)).try_init()
     } else {
         registry.with(fmt.pretty().with_ansi(std::io::stderr().is_terminal())).try_init()
     };
-    // A second init in one process (tests) keeps the first subscriber.
-    let _ = result;
     let prometheus = match PrometheusBuilder::new().install_recorder() {
         Ok(handle) => handle,
         // Tests may build several services in one process: record into a private registry.
