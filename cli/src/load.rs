@@ -5,7 +5,9 @@
 //! `minimality` and `validation`), all linked by `task_id`, from models with different latency,
 //! success, quality and token profiles. A share of deliberately invalid messages exercises the
 //! dead-letter path. Events are published as JSON to `perf.raw.<kind>` with `Nats-Msg-Id` = the
-//! event id, at a target rate; every publish ack is awaited.
+//! event id, at a target rate; every publish ack is awaited. A share of tasks can be offline
+//! benchmark cases: the same `case_id` run on every model within one `run_id`. Events carry
+//! user and session ids and a little free text with personal data, for the privacy stage.
 
 use std::time::{Duration, Instant};
 
@@ -64,13 +66,41 @@ pub struct LoadArgs {
     /// Seed of the generator (the same seed gives the same events, apart from timestamps).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Share of tasks that are offline benchmark cases, each run on every model with a shared
+    /// `benchmark.case_id` (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub benchmark_share: f64,
+    /// Body encoding.
+    #[arg(long, value_enum, default_value_t = Encoding::Json)]
+    pub encoding: Encoding,
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How bodies are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoding {
+    /// JSON, `Content-Type: application/json`.
+    Json,
+    /// MessagePack with named fields.
+    Msgpack,
+}
+
+/// An offline benchmark case: the model it runs on is fixed, not routed.
+struct BenchmarkCase<'a> {
+    run_id: &'a str,
+    case_id: String,
+    model: usize,
 }
 
 /// Events of one synthetic task, in the order the platform emits them.
-fn task_events(rng: &mut StdRng, models: &[Profile], n: u64) -> Vec<Event> {
+fn task_events(rng: &mut StdRng, models: &[Profile], n: u64, bench: Option<&BenchmarkCase<'_>>) -> Vec<Event> {
     let task_id = format!("task-{:016x}", rng.random::<u64>());
     let task_type = TASK_TYPES[(n % 3) as usize];
     let tenant = TENANTS[rng.random_range(0..TENANTS.len())];
+    let user = format!("user{}@example.com", rng.random_range(0..500u32));
+    let session = format!("sess-{:08x}", rng.random::<u32>());
     // The router prefers stronger models: softmax over quality.
     let weights: Vec<f64> = models.iter().map(|m| (m.quality * 6.0).exp()).collect();
     let total: f64 = weights.iter().sum();
@@ -83,6 +113,9 @@ fn task_events(rng: &mut StdRng, models: &[Profile], n: u64) -> Vec<Event> {
         }
         pick -= w;
     }
+    if let Some(b) = bench {
+        chosen = b.model;
+    }
     let m = &models[chosen];
     let now = Utc::now();
     let base = |data: Data| {
@@ -93,6 +126,11 @@ fn task_events(rng: &mut StdRng, models: &[Profile], n: u64) -> Vec<Event> {
         e.tenant = Some(tenant.to_owned());
         e.model = Some(m.model.clone());
         e.agent_id = Some(format!("agent-{chosen}"));
+        e.user_id = Some(user.clone());
+        e.session_id = Some(session.clone());
+        if let Some(b) = bench {
+            e.benchmark = Some(Benchmark { run_id: b.run_id.to_owned(), case_id: b.case_id.clone() });
+        }
         e
     };
     let candidates = models
@@ -120,12 +158,23 @@ fn task_events(rng: &mut StdRng, models: &[Profile], n: u64) -> Vec<Event> {
     }));
     routing.model = None;
     routing.source = "arbiter.router".into();
+    routing.attrs.insert(
+        "request_note".into(),
+        AttrValue::Text(format!(
+            "escalated by {user} from 10.0.{}.{}",
+            rng.random_range(0..255u8),
+            rng.random_range(1..255u8)
+        )),
+    );
     let latency = m.latency_median_ms * (rng.random::<f64>() * 0.8 - 0.4 + rng.random::<f64>().ln().abs() * 0.3).exp();
     let success = rng.random::<f64>() < m.success;
     let input = rng.random_range(800..16_000u64);
     let output = (m.tokens_out as f64 * rng.random_range(0.3..1.7)) as u64;
-    let mut events = vec![
-        routing,
+    let mut events = Vec::new();
+    if bench.is_none() {
+        events.push(routing);
+    }
+    events.extend([
         base(Data::TaskStarted(TaskStarted { queue_ms: Some(rng.random_range(0.0..200.0)) })),
         base(Data::ThinkingBudget(ThinkingBudget {
             budget_tokens: 4096,
@@ -144,7 +193,7 @@ fn task_events(rng: &mut StdRng, models: &[Profile], n: u64) -> Vec<Event> {
             cpu_ms: None,
             memory_mb: None,
         })),
-    ];
+    ]);
     let quality = (m.quality + rng.random_range(-0.15..0.15)).clamp(0.0, 1.0);
     let mut judgment = base(Data::Judgment(Judgment {
         judge_model: ModelRef::new("openai", "gpt-4.1-mini"),
@@ -192,6 +241,22 @@ fn invalid_message(rng: &mut StdRng) -> (String, Vec<u8>) {
     }
 }
 
+/// A bar over the count, or a spinner over the duration; none when stderr is not a terminal.
+fn progress_bar(args: &LoadArgs) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if args.quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match args.count {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    Some(bar)
+}
+
 /// What a run did.
 #[derive(Debug)]
 pub struct LoadSummary {
@@ -231,6 +296,7 @@ impl std::fmt::Display for LoadSummary {
 pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow::Result<LoadSummary> {
     anyhow::ensure!((0.0..=1.0).contains(&args.invalid_share), "--invalid-share must be in 0..1");
     anyhow::ensure!(args.count.is_some() || args.duration.is_some(), "give --count or --duration");
+    anyhow::ensure!((0.0..=1.0).contains(&args.benchmark_share), "--benchmark-share must be in 0..1");
     let models = profiles();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let (mut sent, mut invalid, mut tasks) = (0u64, 0u64, 0u64);
@@ -257,6 +323,8 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
         let _ = tokio::signal::ctrl_c().await;
         stopper.cancel();
     });
+    let progress = progress_bar(args);
+    let run_id = format!("bench-{}", uuid::Uuid::now_v7().simple());
     'outer: while sent < limit && !stop.is_cancelled() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -267,11 +335,27 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
             batch.push((subject, format!("invalid-{}", uuid::Uuid::now_v7()), body));
             invalid += 1;
         }
-        for e in task_events(&mut rng, &models, tasks) {
-            let id = e.id.clone().unwrap_or_default();
-            batch.push((format!("perf.raw.{}", e.kind()), id, serde_json::to_vec(&e)?));
+        let mut events = Vec::new();
+        if rng.random::<f64>() < args.benchmark_share {
+            // One case, run on every model: the analyzer compares these paired.
+            let case_id = format!("case-{tasks:06}");
+            for model in 0..models.len() {
+                let case = BenchmarkCase { run_id: &run_id, case_id: case_id.clone(), model };
+                events.extend(task_events(&mut rng, &models, tasks, Some(&case)));
+                tasks += 1;
+            }
+        } else {
+            events.extend(task_events(&mut rng, &models, tasks, None));
+            tasks += 1;
         }
-        tasks += 1;
+        for e in events {
+            let id = e.id.clone().unwrap_or_default();
+            let body = match args.encoding {
+                Encoding::Json => serde_json::to_vec(&e)?,
+                Encoding::Msgpack => to_msgpack(&e)?,
+            };
+            batch.push((format!("perf.raw.{}", e.kind()), id, body));
+        }
         for (subject, id, body) in batch {
             if sent >= limit {
                 break 'outer;
@@ -283,18 +367,32 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
                     tokio::time::sleep(due - now).await;
                 }
             }
-            let msg =
-                PublishMessage::build().payload(body.into()).message_id(&id).header("Content-Type", "application/json");
+            let content_type = match args.encoding {
+                Encoding::Json => "application/json",
+                Encoding::Msgpack => "application/msgpack",
+            };
+            let msg = PublishMessage::build().payload(body.into()).message_id(&id).header("Content-Type", content_type);
             let ack = js.send_publish(subject, msg).await.context("publishing to PERF_RAW")?;
             if ack_tx.send((Instant::now(), ack)).await.is_err() {
                 break 'outer; // the settler failed; its error is reported below
             }
             sent += 1;
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            eprintln!("load: {sent} sent, {:.0} msg/s", sent as f64 / start.elapsed().as_secs_f64());
+        let every = if progress.is_some() { Duration::from_millis(250) } else { Duration::from_secs(5) };
+        if last_report.elapsed() >= every {
+            let rate = sent as f64 / start.elapsed().as_secs_f64();
+            match &progress {
+                Some(p) => {
+                    p.set_position(sent);
+                    p.set_message(format!("{rate:.0} msg/s, {tasks} tasks"));
+                }
+                None => eprintln!("load: {sent} sent, {rate:.0} msg/s"),
+            }
             last_report = Instant::now();
         }
+    }
+    if let Some(p) = progress {
+        p.finish_and_clear();
     }
     drop(ack_tx);
     let (acked, latency) = settler.await.context("ack task")??;

@@ -1,6 +1,7 @@
 //! `modelperf`: the command-line tool of modelperf.
 //!
-//! Layout: `main.rs` parses the command line and connects; `load.rs` is the synthetic workload.
+//! Layout: `main.rs` parses the command line and connects; `load.rs` is the synthetic workload;
+//! `dlq.rs` lists and replays dead letters.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use clap::{Parser, Subcommand};
 use modelperf_bus::{BusConfig, NatsConfig, Service, Topology};
 use serde::{Deserialize, Serialize};
 
+mod dlq;
 mod load;
 
 /// Measure how AI models perform inside an agent platform.
@@ -30,6 +32,8 @@ enum Command {
     Load(load::LoadArgs),
     /// Message counts of every stream.
     Streams,
+    /// Dead letters grouped by code (bodies with --show-body); `dlq replay` republishes them.
+    Dlq(dlq::DlqArgs),
     /// Check that the NATS server is 2.10 or newer with JetStream (exit 1 otherwise).
     ServerCheck,
 }
@@ -84,6 +88,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{summary}");
         }
         Command::ServerCheck => unreachable!("handled before connecting"),
+        Command::Dlq(args) => dlq::run(&js, &args).await?,
         Command::Streams => {
             let topology = Topology::contract(&config.bus, config.nats.replicas);
             println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");

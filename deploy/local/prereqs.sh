@@ -48,3 +48,8 @@ say "influxd: $(influxd version 2>/dev/null | head -1)"
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
   || apt_install prometheus-alertmanager
 say "alertmanager: $( (prometheus-alertmanager --version 2>&1 || alertmanager --version 2>&1) | head -1)"
+
+# The example producers of `examples/` (Python and TypeScript) run in the test suite.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+"$root/examples/setup.sh" | sed 's/^/  /'

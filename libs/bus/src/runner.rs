@@ -121,6 +121,8 @@ pub struct RunStats {
     pub retried: u64,
     /// Inputs dead-lettered and terminated.
     pub dead_lettered: u64,
+    /// Outputs the stream already held (same `Nats-Msg-Id` within its duplicate window).
+    pub duplicates: u64,
 }
 
 enum Settle {
@@ -199,6 +201,7 @@ fn add(total: &mut RunStats, batch: RunStats) {
     total.acked += batch.acked;
     total.retried += batch.retried;
     total.dead_lettered += batch.dead_lettered;
+    total.duplicates += batch.duplicates;
 }
 
 /// Handles a batch and sends its outputs; the returned future awaits the publish acks and then
@@ -274,16 +277,16 @@ fn process_batch<'a, H: Handler>(
 
         let mut stats = RunStats::default();
         for (msg, (settle, acks, delivered)) in msgs.iter().zip(plans) {
-            let stored = future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                .await
-                .into_iter()
-                .all(|r| match r {
-                    Ok(_) => true,
+            let mut stored = true;
+            for r in future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+                match r {
+                    Ok(ack) => stats.duplicates += u64::from(ack.duplicate),
                     Err(e) => {
                         tracing::warn!(stage = %cfg.stage, error = %e, "publish not acknowledged, will redeliver");
-                        false
+                        stored = false;
                     }
-                });
+                }
+            }
             let settle = if stored { settle } else { Settle::Nak(cfg.backoff(delivered)) };
             let (kind, counter) = match settle {
                 Settle::Ack => (AckKind::Ack, &mut stats.acked),
@@ -301,8 +304,9 @@ fn process_batch<'a, H: Handler>(
             .increment(stats.acked);
         metrics::counter!("modelperf_runner_messages_total", "stage" => stage.clone(), "outcome" => "retry")
             .increment(stats.retried);
-        metrics::counter!("modelperf_runner_messages_total", "stage" => stage, "outcome" => "dead_letter")
+        metrics::counter!("modelperf_runner_messages_total", "stage" => stage.clone(), "outcome" => "dead_letter")
             .increment(stats.dead_lettered);
+        metrics::counter!("modelperf_runner_duplicates_total", "stage" => stage).increment(stats.duplicates);
         stats
     }
     .instrument(span)

@@ -420,7 +420,10 @@ impl Topology {
         }
         if have.max_age != b.max_age {
             tracing::warn!(bucket = b.name, old = ?have.max_age, new = ?b.max_age, "updating kv bucket max_age to the configured value");
-            js.update_stream(jetstream::stream::Config { max_age: b.max_age, ..have })
+            // The server refuses a duplicate window longer than max_age.
+            let duplicate_window =
+                if b.max_age.is_zero() { have.duplicate_window } else { have.duplicate_window.min(b.max_age) };
+            js.update_stream(jetstream::stream::Config { max_age: b.max_age, duplicate_window, ..have })
                 .await
                 .map_err(|e| BusError::js(format!("update kv bucket {}", b.name), e))?;
         }

@@ -6,6 +6,7 @@
 //! - [`Influx`] starts Debian's `influxd` (1.x) on free ports with temporary data, or reuses
 //!   `MODELPERF_TEST_INFLUX_URL`, and hands out a fresh database per test.
 //! - [`eventually`] polls a condition until a deadline.
+//! - [`read_stream`] reads everything a stream holds (optionally under a subject filter).
 //!
 //! Binaries are found through `MODELPERF_NATS_SERVER` / `MODELPERF_INFLUXD`, then the project's
 //! `.tools/bin/` (filled by `deploy/local/prereqs.sh`), then `PATH`.
@@ -287,6 +288,37 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Every message a stream holds now (under `filter` when given), in order, through an
+/// ephemeral consumer that acknowledges nothing.
+pub async fn read_stream(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: Option<&str>,
+) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let s = js.get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
+    let consumer = s
+        .create_consumer(consumer::pull::Config {
+            ack_policy: consumer::AckPolicy::None,
+            filter_subject: filter.unwrap_or_default().to_owned(),
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("consumer on {stream}"))?;
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::with_capacity(pending);
+    let mut msgs = consumer.messages().await.with_context(|| format!("read {stream}"))?;
+    while out.len() < pending {
+        match tokio::time::timeout(Duration::from_secs(10), msgs.next()).await {
+            Ok(Some(Ok(m))) => out.push(m),
+            Ok(Some(Err(e))) => bail!("reading {stream}: {e}"),
+            Ok(None) | Err(_) => bail!("reading {stream}: got {} of {pending} messages", out.len()),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

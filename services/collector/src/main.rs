@@ -1,1 +1,79 @@
-fn main() {}
+//! `modelperf-collector`: wires the collector library to the process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Longest drain after SIGTERM/SIGINT; Kubernetes' grace period is longer.
+const DRAIN_GRACE: Duration = Duration::from_secs(25);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let telemetry = match modelperf_telemetry::init("collector") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("modelperf-collector: telemetry: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let file = config_file();
+    let config = match modelperf_collector::Config::load(file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(64);
+        }
+    };
+    let collector = match modelperf_collector::collector(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(64);
+        }
+    };
+    let code = match run(config, collector, telemetry.prometheus.clone()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "collector failed");
+            ExitCode::from(1)
+        }
+    };
+    telemetry.shutdown();
+    code
+}
+
+async fn run(
+    config: modelperf_collector::Config,
+    collector: modelperf_collector::Collector,
+    prometheus: modelperf_telemetry::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let app = modelperf_collector::App::build(config, collector, prometheus).await?;
+    tracing::info!(http = %app.http_addr(), "collector running");
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        modelperf_telemetry::shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    };
+    let run = app.run_until_stopped(shutdown);
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => r.map(|_| ()),
+        _ = async { let _ = stopping_rx.await; tokio::time::sleep(DRAIN_GRACE).await } => {
+            anyhow::bail!("drain did not finish within {DRAIN_GRACE:?}")
+        }
+    }
+}
+
+/// `--config FILE` or `MODELPERF_CONFIG`.
+fn config_file() -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(f) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(f));
+        }
+    }
+    std::env::var_os("MODELPERF_CONFIG").map(PathBuf::from)
+}

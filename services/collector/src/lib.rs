@@ -1,0 +1,189 @@
+//! `modelperf-collector`: the front door. It reads raw producer events from `PERF_RAW` (a work
+//! queue shared by every replica through the durable consumer `collector`), and writes each
+//! clean event to `perf.events.<kind>.<p>` with `Nats-Msg-Id` = its id, or the raw bytes to
+//! `perf.dlq.collector` with a code and a reason. A raw message is acknowledged only after its
+//! output is stored, so a crash at any moment loses nothing and the duplicate window drops what
+//! a restarted replica publishes twice.
+//!
+//! Layout:
+//! - [`config`]: `[collector]` and the shared sections;
+//! - [`pipeline`]: one raw message → one clean event (decode, check, id, price, sample, privacy);
+//! - [`sampling`]: consistent per-task sampling and its overrides;
+//! - [`legacy`]: the tracker's legacy shapes mapped to v1;
+//! - [`App`]: connecting, the runner, health and heartbeats, the ordered drain.
+
+pub mod config;
+pub mod legacy;
+pub mod pipeline;
+pub mod sampling;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use modelperf_bus::{BusError, ConfigError, RunStats, RunnerConfig, Service, Topology, streams};
+use modelperf_pricing::Catalog;
+use modelperf_privacy::{Privacy, PrivacyConfig};
+use modelperf_telemetry::{HEARTBEAT_INTERVAL, Health, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use pipeline::Collector;
+
+use crate::config::Profile;
+use crate::sampling::Sampler;
+
+/// The durable consumer all replicas share.
+pub const CONSUMER: &str = "collector";
+/// The stage name: DLQ subject `perf.dlq.collector`.
+pub const STAGE: &str = "collector";
+
+/// Builds the processing from the configuration. Errors are configuration errors (exit 64):
+/// a production profile without a privacy key, or a price catalog that cannot be read.
+pub fn collector(config: &Config) -> Result<Collector, ConfigError> {
+    let c = &config.collector;
+    let privacy_cfg = PrivacyConfig {
+        level: c.privacy,
+        key: c.privacy_key.clone(),
+        key_id: c.privacy_key_id.clone(),
+        pseudonymize_attrs: c.pseudonymize_attrs.clone(),
+    };
+    let privacy = Privacy::new(&privacy_cfg, c.profile == Profile::Prod)
+        .map_err(|e| ConfigError::Invalid { key: "MODELPERF_COLLECTOR__PRIVACY_KEY".into(), reason: e.to_string() })?;
+    if privacy.uses_dev_key() {
+        tracing::warn!(
+            "no privacy key configured: pseudonyms use the public development key; set MODELPERF_COLLECTOR__PRIVACY_KEY"
+        );
+    }
+    let catalog = Catalog::load(&c.prices_file)
+        .map_err(|e| ConfigError::Invalid { key: "MODELPERF_COLLECTOR__PRICES_FILE".into(), reason: e.to_string() })?;
+    tracing::info!(version = catalog.version(), entries = catalog.len(), "price catalog loaded");
+    Ok(Collector::new(config.bus.partitions, Sampler::new(&c.sampling), privacy, catalog))
+}
+
+/// A connected collector, ready to run.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    consumer: async_nats::jetstream::consumer::PullConsumer,
+    collector: Arc<Collector>,
+    health: Health,
+    http_addr: SocketAddr,
+    http_task: tokio::task::JoinHandle<()>,
+    http_stop: CancellationToken,
+    instance: String,
+}
+
+impl App {
+    /// Connects, ensures the collector's part of the topology and binds HTTP (port 0 works).
+    pub async fn build(config: Config, collector: Collector, prometheus: PrometheusHandle) -> anyhow::Result<App> {
+        let health = Health::default();
+        health.register("nats", "connecting");
+        let http_stop = CancellationToken::new();
+        let (http_addr, http_task) =
+            modelperf_telemetry::serve(config.http.listen, health.clone(), prometheus, http_stop.clone())
+                .await
+                .with_context(|| format!("failed to bind http on {}", config.http.listen))?;
+        let instance = modelperf_telemetry::instance_id();
+        let client = modelperf_bus::connect(&config.nats, &format!("collector-{instance}"))
+            .await
+            .context("failed to connect to nats")?;
+        let js = modelperf_bus::jetstream(client.clone(), Duration::from_secs(10), config.bus.max_ack_pending as usize);
+        let topology = Topology::contract(&config.bus, config.nats.replicas).for_service(Service::Collector);
+        topology.ensure(&js).await.context("failed to ensure streams")?;
+        let consumer = js
+            .get_stream(streams::RAW)
+            .await
+            .map_err(|e| BusError::js("get stream PERF_RAW", e))?
+            .get_consumer(CONSUMER)
+            .await
+            .map_err(|e| anyhow::anyhow!("failed to get consumer {CONSUMER} on PERF_RAW: {e}"))?;
+        health.ready("nats");
+        Ok(App {
+            config,
+            client,
+            js,
+            consumer,
+            collector: Arc::new(collector),
+            health,
+            http_addr,
+            http_task,
+            http_stop,
+            instance,
+        })
+    }
+
+    /// The bound health/metrics address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Runs until `shutdown` resolves (or the runner fails), then drains in order: stop pulling,
+    /// settle in-flight messages, flush NATS, stop HTTP.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunStats> {
+        let stop = CancellationToken::new();
+        let beat = modelperf_telemetry::heartbeat(
+            self.client.clone(),
+            STAGE,
+            &self.instance,
+            self.health.clone(),
+            Vec::new,
+            HEARTBEAT_INTERVAL,
+            stop.clone(),
+        );
+        let watch = watch_connection(self.client.clone(), self.health.clone(), stop.clone());
+        let mut runner_cfg = RunnerConfig::new(STAGE, &self.config.bus);
+        runner_cfg.in_flight_batches = self.config.collector.in_flight_batches;
+        let runner = {
+            let (js, consumer, collector, stop) =
+                (self.js.clone(), self.consumer.clone(), self.collector.clone(), stop.clone());
+            tokio::spawn(async move { modelperf_bus::run(js, consumer, collector.as_ref(), &runner_cfg, stop).await })
+        };
+        tokio::pin!(runner);
+        let result = tokio::select! {
+            _ = shutdown => {
+                tracing::info!("shutting down: draining in-flight messages");
+                stop.cancel();
+                runner.await
+            }
+            r = &mut runner => r,
+        };
+        stop.cancel();
+        let _ = beat.await;
+        let _ = watch.await;
+        let stats = match result {
+            Ok(Ok(stats)) => stats,
+            Ok(Err(e)) => return Err(e).context("collector runner failed"),
+            Err(e) => return Err(e).context("collector runner panicked"),
+        };
+        self.client.flush().await.context("failed to flush nats")?;
+        self.http_stop.cancel();
+        let _ = self.http_task.await;
+        tracing::info!(acked = stats.acked, dead_lettered = stats.dead_lettered, retried = stats.retried, "stopped");
+        Ok(stats)
+    }
+}
+
+/// Keeps the `nats` readiness check in step with the connection.
+fn watch_connection(
+    client: async_nats::Client,
+    health: Health,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match client.connection_state() {
+                async_nats::connection::State::Connected => health.ready("nats"),
+                other => health.not_ready("nats", format!("connection {other}")),
+            }
+        }
+    })
+}

@@ -1,0 +1,184 @@
+//! One raw message → at most one clean event: decode, check, id, price, sample, pseudonymise,
+//! encode. Pure and synchronous; the bus runner around it publishes, awaits the ack and only
+//! then acknowledges the raw message.
+
+use chrono::Utc;
+use metrics::Counter;
+use modelperf_bus::{Failure, Handler, Incoming, Outgoing};
+use modelperf_pricing::Catalog;
+use modelperf_privacy::Privacy;
+use modelperf_schema::{Cost, CostStatus, ErrorCode, Event, Kind, ValidationError, dlq};
+
+use crate::legacy;
+use crate::sampling::{Decision, Override, Sampler};
+
+/// The subject prefix of legacy events.
+pub const LEGACY_PREFIX: &str = "perf.raw.legacy.";
+
+/// The collector's processing of one raw message.
+#[derive(Debug)]
+pub struct Collector {
+    partitions: u32,
+    sampler: Sampler,
+    privacy: Privacy,
+    catalog: Catalog,
+    counters: Counters,
+}
+
+impl Collector {
+    /// A collector with its parts.
+    pub fn new(partitions: u32, sampler: Sampler, privacy: Privacy, catalog: Catalog) -> Self {
+        Self { partitions, sampler, privacy, catalog, counters: Counters::new() }
+    }
+
+    /// The clean event of one raw message, `None` when its task was sampled out.
+    pub fn process(&self, msg: &Incoming<'_>) -> Result<Option<Event>, ValidationError> {
+        let content_type = msg.header("Content-Type");
+        let mut event = match msg.subject.strip_prefix(LEGACY_PREFIX) {
+            Some(_) => legacy::map(msg.payload)?,
+            None => {
+                let event = modelperf_schema::decode_event(msg.payload, content_type)?;
+                check_subject_kind(msg.subject, event.kind())?;
+                event
+            }
+        };
+        let now = Utc::now();
+        modelperf_schema::check_ts_range(event.ts, now, msg.header(dlq::REPLAY).is_some())?;
+        modelperf_schema::id::assign_id(&mut event, msg.header("Nats-Msg-Id"), msg.stream, msg.seq);
+        if let Some(tokens_holder) = priced_model(&event) {
+            let cost = match event.data.tokens() {
+                None => Cost::missing(CostStatus::UnknownTokens),
+                Some(tokens) => match tokens_holder {
+                    Some(model) => self.catalog.cost(model, event.ts, Some(tokens)),
+                    None => Cost::missing(CostStatus::Unpriced),
+                },
+            };
+            self.counters.cost(&cost);
+            event.cost = Some(cost);
+        }
+        match self.sampler.decide(&event) {
+            Decision::Drop => {
+                self.counters.sampled_out.increment(1);
+                return Ok(None);
+            }
+            Decision::Keep { sample_rate, by } => {
+                event.sample_rate = Some(sample_rate);
+                if let Some(by) = by {
+                    self.counters.overridden(by);
+                }
+            }
+        }
+        self.privacy.apply(&mut event);
+        event.received_at = Some(now);
+        Ok(Some(event))
+    }
+}
+
+/// `Some(model)` for events that carry a cost (completions, and judgments that report the
+/// judge's tokens, priced by the judge model); `None` for the rest.
+fn priced_model(event: &Event) -> Option<Option<&modelperf_schema::ModelRef>> {
+    match &event.data {
+        modelperf_schema::Data::TaskCompleted(_) => Some(event.model.as_ref()),
+        modelperf_schema::Data::Judgment(j) if j.tokens.is_some() => Some(Some(&j.judge_model)),
+        _ => None,
+    }
+}
+
+/// `perf.raw.<kind>` must name the body's kind; other subjects under `perf.raw.` are refused
+/// the same way, since no producer should use them.
+fn check_subject_kind(subject: &str, kind: Kind) -> Result<(), ValidationError> {
+    let named = subject.strip_prefix("perf.raw.").unwrap_or(subject);
+    if named == kind.as_str() {
+        return Ok(());
+    }
+    Err(ValidationError::new(
+        ErrorCode::KindMismatch,
+        "kind",
+        format!("subject {subject} does not match the body's kind {}", kind.as_str()),
+    ))
+}
+
+impl Handler for Collector {
+    fn handle(&self, msg: &Incoming<'_>) -> Result<Vec<Outgoing>, Failure> {
+        let event = match self.process(msg) {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(Vec::new()),
+            Err(err) => {
+                self.counters.rejected(err.code);
+                let reason = if err.field.is_empty() { err.reason } else { format!("{}: {}", err.field, err.reason) };
+                return Err(Failure::Terminate { code: err.code, reason });
+            }
+        };
+        let body = match modelperf_schema::to_msgpack(&event) {
+            Ok(body) => body,
+            // Every decoded event encodes; if one does not, the message must not vanish.
+            Err(e) => {
+                return Err(Failure::Terminate { code: ErrorCode::Schema, reason: format!("cannot encode: {e}") });
+            }
+        };
+        let kind = event.kind();
+        let partition = modelperf_bus::partition_of(event.partition_key(), self.partitions);
+        let id = event.id.unwrap_or_default();
+        self.counters.clean[kind as usize].increment(1);
+        Ok(vec![Outgoing::new(format!("perf.events.{}.{partition}", kind.as_str()), id, body)])
+    }
+}
+
+/// Metric handles, registered once so the hot path only increments.
+#[derive(Debug)]
+struct Counters {
+    clean: Vec<Counter>,
+    sampled_out: Counter,
+    rejected: Vec<Counter>,
+    overrides: [Counter; 4],
+    priced: Counter,
+    unpriced: Counter,
+    unknown_tokens: Counter,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let clean = Kind::ALL
+            .iter()
+            .map(|k| metrics::counter!("modelperf_collector_events_total", "kind" => k.as_str(), "outcome" => "clean"))
+            .collect();
+        let rejected = ErrorCode::ALL
+            .iter()
+            .map(|c| metrics::counter!("modelperf_collector_rejected_total", "code" => c.as_str()))
+            .collect();
+        let over = |o: Override| metrics::counter!("modelperf_collector_overrides_total", "reason" => o.as_str());
+        let cost = |s: &'static str| metrics::counter!("modelperf_collector_cost_total", "status" => s);
+        Self {
+            clean,
+            sampled_out: metrics::counter!("modelperf_collector_sampled_out_total"),
+            rejected,
+            overrides: [
+                over(Override::Failure),
+                over(Override::LowJudgment),
+                over(Override::Slow),
+                over(Override::Expensive),
+            ],
+            priced: cost("priced"),
+            unpriced: cost("unpriced"),
+            unknown_tokens: cost("unknown_tokens"),
+        }
+    }
+
+    fn rejected(&self, code: ErrorCode) {
+        if let Some(c) = ErrorCode::ALL.iter().position(|x| *x == code).and_then(|i| self.rejected.get(i)) {
+            c.increment(1);
+        }
+    }
+
+    fn overridden(&self, by: Override) {
+        self.overrides[by as usize].increment(1);
+    }
+
+    fn cost(&self, cost: &Cost) {
+        match cost.status {
+            None => self.priced.increment(1),
+            Some(CostStatus::Unpriced) => self.unpriced.increment(1),
+            Some(CostStatus::UnknownTokens) => self.unknown_tokens.increment(1),
+        }
+    }
+}
