@@ -329,10 +329,12 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let mut batch: Vec<(String, String, Vec<u8>)> = Vec::new();
+        // Invalid bodies ready to send, or events serialised at send time (so `ts` is when the
+        // event left the producer, and benchmarks can measure latency from it).
+        let mut batch: Vec<(String, String, Result<Vec<u8>, Event>)> = Vec::new();
         if rng.random::<f64>() < args.invalid_share * 6.0 {
             let (subject, body) = invalid_message(&mut rng);
-            batch.push((subject, format!("invalid-{}", uuid::Uuid::now_v7()), body));
+            batch.push((subject, format!("invalid-{}", uuid::Uuid::now_v7()), Ok(body)));
             invalid += 1;
         }
         let mut events = Vec::new();
@@ -350,11 +352,7 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
         }
         for e in events {
             let id = e.id.clone().unwrap_or_default();
-            let body = match args.encoding {
-                Encoding::Json => serde_json::to_vec(&e)?,
-                Encoding::Msgpack => to_msgpack(&e)?,
-            };
-            batch.push((format!("perf.raw.{}", e.kind()), id, body));
+            batch.push((format!("perf.raw.{}", e.kind()), id, Err(e)));
         }
         for (subject, id, body) in batch {
             if sent >= limit {
@@ -367,6 +365,16 @@ pub async fn run(js: &async_nats::jetstream::Context, args: &LoadArgs) -> anyhow
                     tokio::time::sleep(due - now).await;
                 }
             }
+            let body = match body {
+                Ok(bytes) => bytes,
+                Err(mut e) => {
+                    e.ts = Utc::now();
+                    match args.encoding {
+                        Encoding::Json => serde_json::to_vec(&e)?,
+                        Encoding::Msgpack => to_msgpack(&e)?,
+                    }
+                }
+            };
             let content_type = match args.encoding {
                 Encoding::Json => "application/json",
                 Encoding::Msgpack => "application/msgpack",

@@ -9,13 +9,13 @@
 //! dead-letters with `retries_exhausted` at the last delivery, so nothing vanishes);
 //! [`Failure::Terminate`] dead-letters once and terminates.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Message};
-use futures::stream::FuturesUnordered;
 use futures::{StreamExt, future};
 use modelperf_schema::ErrorCode;
 use tokio_util::sync::CancellationToken;
@@ -131,30 +131,36 @@ enum Settle {
     Term,
 }
 
-/// Runs until `stop` is cancelled, then drains: stops pulling, waits for in-flight acks and acks
-/// their inputs. Returns the counts.
+/// Runs until `stop` is cancelled, then drains: stops pulling, waits for in-flight batches and
+/// settles their inputs. Returns the counts.
+///
+/// Each batch is handled, published and settled on a task of its own, at most
+/// `in_flight_batches` at once: handling one batch overlaps with awaiting the acks of others,
+/// and a multi-threaded runtime spreads the handling over its cores. Outputs of different
+/// batches may therefore be stored in a different order than their inputs.
 pub async fn run<H: Handler>(
     js: Context,
     consumer: PullConsumer,
-    handler: &H,
+    handler: Arc<H>,
     cfg: &RunnerConfig,
     stop: CancellationToken,
 ) -> Result<RunStats, BusError> {
     let mut batches = pull_batches(&consumer, cfg.fetch_batch, &cfg.stage).await?;
-    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight = tokio::task::JoinSet::new();
     let mut stats = RunStats::default();
+    let shared_cfg = Arc::new(cfg.clone());
     loop {
         if in_flight.len() >= cfg.in_flight_batches.max(1) {
-            if let Some(done) = in_flight.next().await {
-                add(&mut stats, done);
+            if let Some(done) = in_flight.join_next().await {
+                add(&mut stats, settled(done, &cfg.stage));
             }
             continue;
         }
         let batch = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                add(&mut stats, done);
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                add(&mut stats, settled(done, &cfg.stage));
                 continue;
             }
             batch = batches.next() => batch,
@@ -169,13 +175,22 @@ pub async fn run<H: Handler>(
             }
         }
         if !msgs.is_empty() {
-            in_flight.push(process_batch(&js, handler, cfg, msgs));
+            in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs));
         }
     }
-    while let Some(done) = in_flight.next().await {
-        add(&mut stats, done);
+    while let Some(done) = in_flight.join_next().await {
+        add(&mut stats, settled(done, &cfg.stage));
     }
     Ok(stats)
+}
+
+/// The counts of a finished batch task; a panicked handler leaves its inputs unacknowledged,
+/// so the server redelivers them after `ack_wait`.
+fn settled(done: Result<RunStats, tokio::task::JoinError>, stage: &str) -> RunStats {
+    done.unwrap_or_else(|e| {
+        tracing::error!(stage, error = %e, "batch task failed; its messages will be redelivered");
+        RunStats::default()
+    })
 }
 
 /// The consumer's messages as batches of what is ready, at most `fetch_batch` each: one pull
@@ -204,14 +219,13 @@ fn add(total: &mut RunStats, batch: RunStats) {
     total.duplicates += batch.duplicates;
 }
 
-/// Handles a batch and sends its outputs; the returned future awaits the publish acks and then
-/// settles every input.
-fn process_batch<'a, H: Handler>(
-    js: &'a Context,
-    handler: &'a H,
-    cfg: &'a RunnerConfig,
+/// Handles a batch and sends its outputs, awaits the publish acks and then settles every input.
+fn process_batch<H: Handler>(
+    js: Context,
+    handler: Arc<H>,
+    cfg: Arc<RunnerConfig>,
     msgs: Vec<Message>,
-) -> impl std::future::Future<Output = RunStats> + 'a {
+) -> impl std::future::Future<Output = RunStats> + Send + 'static {
     let span = tracing::debug_span!("batch", stage = %cfg.stage, n = msgs.len());
     async move {
         let started = Instant::now();
@@ -260,7 +274,7 @@ fn process_batch<'a, H: Handler>(
                 {
                     out.headers.insert(TRACEPARENT, tp);
                 }
-                match send(js, out).await {
+                match send(&js, out).await {
                     Ok(ack) => acks.push(ack),
                     Err(e) => {
                         tracing::warn!(stage = %cfg.stage, seq, error = %e, "publish failed, will redeliver");

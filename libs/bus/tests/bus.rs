@@ -105,11 +105,11 @@ async fn retries_back_off_and_permanent_failures_are_dead_lettered_once() {
         js.publish_with_headers("perf.raw.custom", headers, body.into()).await.unwrap().await.unwrap();
     }
     let consumer = js.get_stream(streams::RAW).await.unwrap().get_consumer("collector").await.unwrap();
-    let handler = Echo { attempts: Mutex::default() };
+    let handler = std::sync::Arc::new(Echo { attempts: Mutex::default() });
     let mut cfg = RunnerConfig::new("collector", &topology.bus);
     cfg.base_backoff = Duration::from_millis(200);
     let stop = CancellationToken::new();
-    let runner = run(js.clone(), consumer, &handler, &cfg, stop.clone());
+    let runner = run(js.clone(), consumer, handler.clone(), &cfg, stop.clone());
     let check = async {
         eventually(Duration::from_secs(30), || async {
             let dl = read_all(&js, streams::DLQ, "perf.dlq.collector").await;

@@ -140,7 +140,7 @@ impl App {
         let runner = {
             let (js, consumer, collector, stop) =
                 (self.js.clone(), self.consumer.clone(), self.collector.clone(), stop.clone());
-            tokio::spawn(async move { modelperf_bus::run(js, consumer, collector.as_ref(), &runner_cfg, stop).await })
+            tokio::spawn(async move { modelperf_bus::run(js, consumer, collector, &runner_cfg, stop).await })
         };
         tokio::pin!(runner);
         let result = tokio::select! {

@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+// Events are many small allocations; mimalloc handles them markedly faster than glibc's malloc
+// (see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Longest drain after SIGTERM/SIGINT; Kubernetes' grace period is longer.
 const DRAIN_GRACE: Duration = Duration::from_secs(25);
 

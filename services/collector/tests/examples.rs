@@ -56,10 +56,8 @@ async fn example_producers_publish_events_that_arrive_clean() {
     }
     let clean = eventually(Duration::from_secs(30), || async {
         let msgs = read_stream(&js, "PERF_EVENTS", None).await.ok()?;
-        let ids: HashSet<String> = msgs
-            .iter()
-            .filter_map(|m| modelperf_schema::decode_unvalidated(&m.payload, None).ok()?.id)
-            .collect();
+        let ids: HashSet<String> =
+            msgs.iter().filter_map(|m| modelperf_schema::decode_unvalidated(&m.payload, None).ok()?.id).collect();
         (ids.len() >= expected.len()).then_some(ids)
     })
     .await

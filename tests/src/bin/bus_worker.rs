@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut rc = RunnerConfig::new("bus-worker", &cfg.bus);
             rc.in_flight_batches = 2;
-            run(js.clone(), consumer, &Echo { instance }, &rc, run_stop).await?;
+            run(js.clone(), consumer, std::sync::Arc::new(Echo { instance }), &rc, run_stop).await?;
         }
         "sum" => {
             let (mut store, cp) = CheckpointStore::open(&js, "test.p0").await?;
