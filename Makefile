@@ -18,12 +18,8 @@ test: ## install what is missing, check formatting and lints, run every test aga
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory test-unit
 
-test-unit: ## run the test suite only (needs the prerequisites)
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
-	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
-	fi
+test-unit: ## run the test suite only (needs the prerequisites; tests rely on nextest's process per test)
+	$(CARGO) nextest run --workspace --no-fail-fast
 
 lint: ## rustfmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check
@@ -35,7 +31,7 @@ fmt: ## format the code
 schemas: ## regenerate schemas/ from the Rust types (review the diff)
 	MODELPERF_BLESS=1 $(CARGO) test -p modelperf-schema --test contract
 
-bench: ## publish-with-ack baseline of the local NATS (results: docs/BENCHMARKS.md)
+bench: ## collector vs identity drains, steady-state latency and memory (results: docs/BENCHMARKS.md)
 	@deploy/local/bench.sh
 
 clean: ## remove build output and local data

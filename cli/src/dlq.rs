@@ -3,8 +3,8 @@
 //!
 //! Bodies may hold personal data, so they are printed only with `--show-body`. A replay
 //! publishes the original bytes to the original subject with `Nats-Msg-Id` `replay:<dlq-seq>`
-//! and `Modelperf-Replay: <dlq-seq>` (exempt from the age rule), so replaying twice within the
-//! duplicate window is harmless.
+//! and `Modelperf-Replay: <dlq-seq>` (exempt from the age rule), and records the replay in
+//! `modelperf_state` (`dlq.replayed.<seq>`), so replaying a letter twice publishes it once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -170,7 +170,7 @@ async fn list(js: &Context, args: &DlqArgs) -> anyhow::Result<()> {
                     l.seq,
                     l.header(dlq::ORIGINAL_SUBJECT),
                     l.header(dlq::ORIGINAL_SEQ),
-                    String::from_utf8_lossy(&l.payload[..l.payload.len().min(2048)])
+                    printable(&l.payload[..l.payload.len().min(2048)])
                 );
             }
         }
@@ -181,8 +181,19 @@ async fn list(js: &Context, args: &DlqArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A body as one line of text: control characters (terminal escapes among them) are escaped.
+fn printable(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).chars().flat_map(char::escape_debug).collect()
+}
+
 async fn replay(js: &Context, filter: &Filter, dry_run: bool) -> anyhow::Result<()> {
     let letters = read(js, filter).await?;
+    // A replay is recorded (create-only) in the state bucket, so replaying the same letter again
+    // later — long after the raw stream's duplicate window — publishes nothing.
+    let ledger = js
+        .get_key_value(modelperf_bus::buckets::STATE)
+        .await
+        .context("kv bucket modelperf_state (run `modelperf ensure`)")?;
     let (mut sent, mut duplicates, mut skipped) = (0u64, 0u64, 0u64);
     let mut acks = Vec::new();
     for l in &letters {
@@ -200,24 +211,44 @@ async fn replay(js: &Context, filter: &Filter, dry_run: bool) -> anyhow::Result<
             println!("would replay seq {} to {original} ({})", l.seq, l.header(dlq::ERROR));
             continue;
         }
+        let marker = format!("dlq.replayed.{}", l.seq);
+        if ledger.get(&marker).await.ok().flatten().is_some() {
+            duplicates += 1;
+            continue;
+        }
         let msg = jetstream::message::PublishMessage::build()
             .payload(l.payload.clone())
             .message_id(format!("replay:{}", l.seq))
             .header(dlq::REPLAY, l.seq.to_string().as_str());
-        acks.push(js.send_publish(original.to_owned(), msg).await.with_context(|| format!("replay seq {}", l.seq))?);
-    }
-    for ack in acks {
-        let ack = ack.await.context("replay not stored")?;
-        if ack.duplicate {
-            duplicates += 1;
-        } else {
-            sent += 1;
+        let ack = js.send_publish(original.to_owned(), msg).await.with_context(|| format!("replay seq {}", l.seq))?;
+        acks.push((marker, ack));
+        // The context bounds unacknowledged publishes: settle in chunks.
+        if acks.len() >= 512 {
+            settle(&ledger, &mut acks, &mut sent, &mut duplicates).await?;
         }
     }
+    settle(&ledger, &mut acks, &mut sent, &mut duplicates).await?;
     if !dry_run {
-        println!(
-            "replayed {sent}, already replayed within the duplicate window {duplicates}, not replayable {skipped}"
-        );
+        println!("replayed {sent}, already replayed {duplicates}, not replayable {skipped}");
+    }
+    Ok(())
+}
+
+async fn settle(
+    ledger: &jetstream::kv::Store,
+    acks: &mut Vec<(String, jetstream::context::PublishAckFuture)>,
+    sent: &mut u64,
+    duplicates: &mut u64,
+) -> anyhow::Result<()> {
+    for (marker, ack) in acks.drain(..) {
+        let ack = ack.await.context("replay not stored")?;
+        if ack.duplicate {
+            *duplicates += 1;
+        } else {
+            *sent += 1;
+        }
+        // Best effort: the raw stream's duplicate window still covers a failure here.
+        let _ = ledger.create(&marker, ack.sequence.to_string().into()).await;
     }
     Ok(())
 }

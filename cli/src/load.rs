@@ -41,7 +41,8 @@ fn profiles() -> Vec<Profile> {
         p("openai", "gpt-4.1", 7_500.0, 0.95, 0.83, 1_500),
         p("openai", "gpt-4.1-mini", 3_200.0, 0.91, 0.74, 1_200),
         p("google", "gemini-2.5-flash", 2_600.0, 0.90, 0.71, 1_100),
-        p("mistral", "mistral-large-latest", 6_000.0, 0.92, 0.76, 1_300),
+        p("mistral", "mistral-large-2512", 6_000.0, 0.92, 0.76, 1_300),
+        p("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo", 4_000.0, 0.88, 0.68, 1_000),
     ]
 }
 

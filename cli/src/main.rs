@@ -88,7 +88,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{summary}");
         }
         Command::ServerCheck => unreachable!("handled before connecting"),
-        Command::Dlq(args) => dlq::run(&js, &args).await?,
+        Command::Dlq(args) => {
+            // Replays are recorded in modelperf_state; operators' credentials may create it.
+            Topology::contract(&config.bus, config.nats.replicas).for_service(Service::All).ensure(&js).await?;
+            dlq::run(&js, &args).await?
+        }
         Command::Streams => {
             let topology = Topology::contract(&config.bus, config.nats.replicas);
             println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");

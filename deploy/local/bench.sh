@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# `make bench`: what exists so far — the JetStream publish-with-ack baseline of this machine, as
-# `modelperf load` drives it (3 runs of 200 000 messages, unthrottled). Service benchmarks join
-# this script as the services land; results go to docs/BENCHMARKS.md with the command.
+# `make bench`: the benchmarks of what exists so far, on this machine (results and how to read
+# them: docs/BENCHMARKS.md).
+#   1. the collector: 500 000 pre-loaded raw events drained by the collector and by an identity
+#      stage (same binary, same client settings and batch sizes), 3 runs, medians; the collector
+#      process at full speed and at a steady 5 000 events/s (latency p50/p99, resident memory).
+#   2. the JetStream publish-with-ack baseline as `modelperf load` drives it.
+# Each benchmark starts its own nats-server on a free port with a temporary store.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 deploy/local/prereqs.sh
+echo "== building (release)"
 cargo build --release --workspace --bins
-deploy/local/infra.sh up
-# shellcheck disable=SC1091
-. .local/env
-for run in 1 2 3; do
-  echo "== run $run: modelperf load --rate 0 --count ${MODELPERF_BENCH_COUNT:-200000}"
-  target/release/modelperf load --rate 0 --count "${MODELPERF_BENCH_COUNT:-200000}" --seed "$run" 2>/dev/null
-done
+export PATH="$root/.tools/bin:$PATH"
+echo "== collector: target/release/collector-bench ${MODELPERF_BENCH_ARGS:-}"
+# shellcheck disable=SC2086
+target/release/collector-bench ${MODELPERF_BENCH_ARGS:-}

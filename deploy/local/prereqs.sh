@@ -53,3 +53,9 @@ say "alertmanager: $( (prometheus-alertmanager --version 2>&1 || alertmanager --
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
 "$root/examples/setup.sh" | sed 's/^/  /'
+
+# The test suite runs under cargo-nextest (one process per test: metrics and servers stay apart).
+if ! cargo nextest --version >/dev/null 2>&1; then
+  say "installing cargo-nextest (cargo install, a few minutes)"
+  cargo install --locked cargo-nextest
+fi

@@ -18,10 +18,13 @@ pub struct NatsConfig {
     /// A `.creds` file (JWT + NKey seed).
     pub creds_file: Option<PathBuf>,
     /// User for user/password authentication.
+    #[serde(deserialize_with = "scalar_string")]
     pub user: Option<String>,
     /// Password for user/password authentication.
+    #[serde(deserialize_with = "scalar_string")]
     pub password: Option<String>,
     /// Token authentication.
+    #[serde(deserialize_with = "scalar_string")]
     pub token: Option<String>,
     /// A file holding an NKey seed.
     pub nkey_seed_file: Option<PathBuf>,
@@ -180,6 +183,28 @@ where
     items.iter().map(|s| s.parse().map_err(serde::de::Error::custom)).collect()
 }
 
+/// Deserialises an optional string that the environment may have typed as a number or a
+/// boolean (`MODELPERF_NATS__PASSWORD=123456` arrives as an integer): any scalar is taken as
+/// its text, so secrets never fail to parse (and never appear in a parse error).
+pub fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Uint(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(Option::<Scalar>::deserialize(d)?.map(|v| match v {
+        Scalar::Text(s) => s,
+        Scalar::Int(i) => i.to_string(),
+        Scalar::Uint(u) => u.to_string(),
+        Scalar::Float(f) => f.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    }))
+}
+
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
 mod tests {
@@ -201,6 +226,19 @@ mod tests {
             assert_eq!(c.bus.partitions, 4);
             assert_eq!(c.bus.ack_wait, Duration::from_secs(2));
             assert_eq!(c.nats.url, "nats://127.0.0.1:4222");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn numeric_secrets_are_text() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MODELPERF_NATS__PASSWORD", "123456");
+            jail.set_env("MODELPERF_NATS__TOKEN", "true");
+            let c: Sample = load(None).unwrap();
+            assert_eq!(c.nats.password.as_deref(), Some("123456"));
+            assert_eq!(c.nats.token.as_deref(), Some("true"));
+            assert_eq!(c.nats.user, None);
             Ok(())
         });
     }

@@ -16,7 +16,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Message};
-use futures::{StreamExt, future};
+use futures::{FutureExt, StreamExt, future};
 use modelperf_schema::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -86,8 +86,11 @@ pub struct RunnerConfig {
     pub max_deliver: i64,
     /// First nak delay; doubled per delivery up to `max_backoff`.
     pub base_backoff: Duration,
-    /// Largest nak delay.
+    /// Largest nak delay, and the longest pause between publishing an unstored output again.
     pub max_backoff: Duration,
+    /// The consumer's `ack_wait`: inputs waiting for a stream to come back get a progress ack
+    /// every third of it.
+    pub ack_wait: Duration,
 }
 
 impl RunnerConfig {
@@ -100,6 +103,7 @@ impl RunnerConfig {
             max_deliver: bus.max_deliver,
             base_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
+            ack_wait: bus.ack_wait,
         }
     }
 
@@ -175,7 +179,16 @@ pub async fn run<H: Handler>(
             }
         }
         if !msgs.is_empty() {
-            in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs));
+            in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs, stop.clone()));
+        }
+    }
+    // Messages the pull already delivered would otherwise sit unacknowledged until ack_wait:
+    // process what is ready now (a bounded number of batches: the pull may still be filling).
+    for _ in 0..cfg.in_flight_batches.max(1) {
+        let Some(Some(batch)) = batches.next().now_or_never() else { break };
+        let msgs: Vec<Message> = batch.into_iter().filter_map(Result::ok).collect();
+        if !msgs.is_empty() {
+            in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs, stop.clone()));
         }
     }
     while let Some(done) = in_flight.join_next().await {
@@ -219,89 +232,112 @@ fn add(total: &mut RunStats, batch: RunStats) {
     total.duplicates += batch.duplicates;
 }
 
-/// Handles a batch and sends its outputs, awaits the publish acks and then settles every input.
+/// Handles a batch, publishes its outputs, awaits all their acks together and settles every
+/// input. An output the stream did not store (the stream or the server is down, an ack timed
+/// out) is published again with the same `Nats-Msg-Id`, with backoff, while its input is kept
+/// alive with progress acks: an outage delays the stage but uses up none of the input's
+/// deliveries, so nothing is lost and nothing is dead-lettered for a failure that is not its
+/// own. When `stop` ends the wait, the input is nak'ed for another replica.
 fn process_batch<H: Handler>(
     js: Context,
     handler: Arc<H>,
     cfg: Arc<RunnerConfig>,
     msgs: Vec<Message>,
+    stop: CancellationToken,
 ) -> impl std::future::Future<Output = RunStats> + Send + 'static {
     let span = tracing::debug_span!("batch", stage = %cfg.stage, n = msgs.len());
     async move {
         let started = Instant::now();
-        // For each input: what to do once its outputs are stored, and the ack futures to await.
-        let mut plans = Vec::with_capacity(msgs.len());
-        for msg in &msgs {
-            let (stream, seq, delivered) = match msg.info() {
-                Ok(i) => (i.stream.to_owned(), i.stream_sequence, i.delivered),
-                Err(_) => (String::new(), 0, 1),
+        // What to do with each input once its outputs are stored.
+        let mut settles = Vec::with_capacity(msgs.len());
+        // Every output of the batch: (input index, the message kept for a resend, its ack).
+        let mut pending = Vec::new();
+        for (i, msg) in msgs.iter().enumerate() {
+            let Ok(info) = msg.info() else {
+                // Not a JetStream delivery: without a sequence no id can be derived safely.
+                settles.push(Settle::Nak(cfg.backoff(1)));
+                continue;
             };
             let incoming = Incoming {
                 subject: msg.subject.as_str(),
                 headers: msg.headers.as_ref(),
                 payload: &msg.payload,
-                stream: &stream,
-                seq,
-                delivered,
+                stream: info.stream,
+                seq: info.stream_sequence,
+                delivered: info.delivered,
             };
-            let (settle, outputs) = match handler.handle(&incoming) {
-                Ok(outputs) => (Settle::Ack, outputs),
-                Err(Failure::Retry(reason)) if delivered < cfg.max_deliver => {
-                    tracing::warn!(stage = %cfg.stage, seq, delivered, %reason, "retryable failure, will redeliver");
-                    (Settle::Nak(cfg.backoff(delivered)), Vec::new())
-                }
-                Err(Failure::Retry(reason)) => {
-                    let reason = format!("failed {delivered} times, last: {reason}");
-                    let dl = dead_letter(
-                        &cfg.stage,
-                        incoming.origin(),
-                        incoming.payload,
-                        ErrorCode::RetriesExhausted,
-                        &reason,
-                    );
-                    (Settle::Term, vec![dl])
-                }
-                Err(Failure::Terminate { code, reason }) => {
-                    let dl = dead_letter(&cfg.stage, incoming.origin(), incoming.payload, code, &reason);
-                    (Settle::Term, vec![dl])
-                }
-            };
-            let mut acks = Vec::with_capacity(outputs.len());
-            let mut sent = true;
+            let (settle, outputs) = plan(handler.as_ref(), &cfg, &incoming);
+            settles.push(settle);
             for mut out in outputs {
                 if let Some(tp) = incoming.header(TRACEPARENT)
                     && out.headers.get(TRACEPARENT).is_none()
                 {
                     out.headers.insert(TRACEPARENT, tp);
                 }
-                match send(&js, out).await {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        tracing::warn!(stage = %cfg.stage, seq, error = %e, "publish failed, will redeliver");
-                        sent = false;
-                        break;
-                    }
-                }
+                let ack = send(&js, out.clone()).await;
+                pending.push((i, out, ack));
             }
-            let settle = if sent { settle } else { Settle::Nak(cfg.backoff(delivered)) };
-            plans.push((settle, acks, delivered));
         }
         metrics::histogram!("modelperf_runner_batch_process_seconds", "stage" => cfg.stage.clone())
             .record(started.elapsed().as_secs_f64());
 
         let mut stats = RunStats::default();
-        for (msg, (settle, acks, delivered)) in msgs.iter().zip(plans) {
-            let mut stored = true;
-            for r in future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
-                match r {
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            let acks = pending.iter_mut().map(|(_, _, ack)| async move {
+                match std::mem::replace(ack, Err(BusError::Publish { subject: String::new(), reason: String::new() })) {
+                    Ok(fut) => fut.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            // Acks can take up to the context's ack timeout, longer than ack_wait: keep the
+            // inputs alive meanwhile so the server does not hand them to someone else.
+            let results = {
+                let all = future::join_all(acks);
+                tokio::pin!(all);
+                let step = (cfg.ack_wait / 3).max(Duration::from_millis(100));
+                loop {
+                    tokio::select! {
+                        results = &mut all => break results,
+                        _ = tokio::time::sleep(step) => {
+                            for msg in &msgs {
+                                let _ = msg.ack_with(AckKind::Progress).await;
+                            }
+                        }
+                    }
+                }
+            };
+            let mut failed = Vec::new();
+            for ((i, out, _), result) in pending.drain(..).zip(results) {
+                match result {
                     Ok(ack) => stats.duplicates += u64::from(ack.duplicate),
-                    Err(e) => {
-                        tracing::warn!(stage = %cfg.stage, error = %e, "publish not acknowledged, will redeliver");
-                        stored = false;
+                    Err(reason) => {
+                        if attempt == 0 || attempt % 10 == 0 {
+                            tracing::warn!(stage = %cfg.stage, subject = %out.subject, attempt, %reason, "output not stored, publishing again");
+                        }
+                        failed.push((i, out));
                     }
                 }
             }
-            let settle = if stored { settle } else { Settle::Nak(cfg.backoff(delivered)) };
+            if failed.is_empty() {
+                break;
+            }
+            attempt += 1;
+            metrics::counter!("modelperf_runner_publish_retries_total", "stage" => cfg.stage.clone())
+                .increment(failed.len() as u64);
+            let waiting: std::collections::BTreeSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+            if !keep_alive_for(&msgs, &waiting, cfg.backoff(attempt), cfg.ack_wait, &stop).await {
+                for i in waiting {
+                    settles[i] = Settle::Nak(cfg.backoff(1));
+                }
+                break;
+            }
+            for (i, out) in failed {
+                let ack = send(&js, out.clone()).await;
+                pending.push((i, out, ack));
+            }
+        }
+        for (msg, settle) in msgs.iter().zip(settles) {
             let (kind, counter) = match settle {
                 Settle::Ack => (AckKind::Ack, &mut stats.acked),
                 Settle::Nak(d) => (AckKind::Nak(Some(d)), &mut stats.retried),
@@ -324,6 +360,54 @@ fn process_batch<H: Handler>(
         stats
     }
     .instrument(span)
+}
+
+/// What the handler makes of one input: how to settle it, and what to publish first.
+fn plan<H: Handler>(handler: &H, cfg: &RunnerConfig, incoming: &Incoming<'_>) -> (Settle, Vec<Outgoing>) {
+    let delivered = incoming.delivered;
+    match handler.handle(incoming) {
+        Ok(outputs) => (Settle::Ack, outputs),
+        Err(Failure::Retry(reason)) if delivered < cfg.max_deliver => {
+            tracing::warn!(stage = %cfg.stage, seq = incoming.seq, delivered, %reason, "retryable failure, will redeliver");
+            (Settle::Nak(cfg.backoff(delivered)), Vec::new())
+        }
+        Err(Failure::Retry(reason)) => {
+            let reason = format!("failed {delivered} times, last: {reason}");
+            let dl = dead_letter(&cfg.stage, incoming.origin(), incoming.payload, ErrorCode::RetriesExhausted, &reason);
+            (Settle::Term, vec![dl])
+        }
+        Err(Failure::Terminate { code, reason }) => {
+            (Settle::Term, vec![dead_letter(&cfg.stage, incoming.origin(), incoming.payload, code, &reason)])
+        }
+    }
+}
+
+/// Waits `delay` while telling the server every third of `ack_wait` that the inputs in
+/// `waiting` are still being worked on. False when `stop` ends the wait.
+async fn keep_alive_for(
+    msgs: &[Message],
+    waiting: &std::collections::BTreeSet<usize>,
+    delay: Duration,
+    ack_wait: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let step = (ack_wait / 3).max(Duration::from_millis(100));
+    let until = Instant::now() + delay;
+    loop {
+        for &i in waiting {
+            if let Some(msg) = msgs.get(i) {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+        let now = Instant::now();
+        if now >= until {
+            return !stop.is_cancelled();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(step.min(until - now)) => {}
+        }
+    }
 }
 
 #[cfg(test)]

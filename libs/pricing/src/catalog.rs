@@ -1,6 +1,6 @@
 //! The loaded catalog: effective-dated lookup and the cost of an event.
 
-use std::collections::HashMap;
+use std::cmp::Ordering;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -8,8 +8,15 @@ use modelperf_schema::{Cost, CostStatus, ModelRef, Tokens};
 
 use crate::{Price, PricingError, format};
 
-/// `(provider, model, version)`, lower-case.
-type Key = (String, String, Option<String>);
+/// The entries of one `(provider, model, version)`, names lower-case.
+#[derive(Debug, Clone)]
+struct Series {
+    provider: String,
+    model: String,
+    version: Option<String>,
+    /// Positions in `prices`, sorted by `effective_from`.
+    positions: Vec<usize>,
+}
 
 /// A validated price catalog, ready for lookups. Cheap to share behind an `Arc`; to change
 /// prices, load a new one.
@@ -18,8 +25,9 @@ pub struct Catalog {
     version: String,
     /// In file order.
     prices: Vec<Price>,
-    /// Positions in `prices` per key, sorted by `effective_from`.
-    by_key: HashMap<Key, Vec<usize>>,
+    /// Sorted by `(provider, model, version)`, so a lookup is a binary search that folds the
+    /// case of the event's names byte by byte instead of allocating lower-cased copies.
+    series: Vec<Series>,
 }
 
 impl Catalog {
@@ -34,15 +42,22 @@ impl Catalog {
     /// Parses and validates a catalog from its TOML text (format: see the crate documentation).
     pub fn from_toml_str(text: &str) -> Result<Catalog, PricingError> {
         let (version, prices) = format::parse(text)?;
-        let mut by_key: HashMap<Key, Vec<usize>> = HashMap::new();
-        for (position, price) in prices.iter().enumerate() {
-            let key = (price.provider.clone(), price.model.clone(), price.version.clone());
-            by_key.entry(key).or_default().push(position);
+        // Grouped by key, each group by `effective_from`: one pass builds the series.
+        let mut order: Vec<(usize, &Price)> = prices.iter().enumerate().collect();
+        order.sort_by(|(_, a), (_, b)| series_key(a).cmp(&series_key(b)).then(a.effective_from.cmp(&b.effective_from)));
+        let mut series: Vec<Series> = Vec::new();
+        for (position, price) in order {
+            match series.last_mut() {
+                Some(last) if series_key_of(last) == series_key(price) => last.positions.push(position),
+                _ => series.push(Series {
+                    provider: price.provider.clone(),
+                    model: price.model.clone(),
+                    version: price.version.clone(),
+                    positions: vec![position],
+                }),
+            }
         }
-        for positions in by_key.values_mut() {
-            positions.sort_by_key(|&position| prices.get(position).map(|p| p.effective_from));
-        }
-        Ok(Catalog { version, prices, by_key })
+        Ok(Catalog { version, prices, series })
     }
 
     /// The catalog's own version string (the top-level `version` of the file).
@@ -55,7 +70,7 @@ impl Catalog {
         self.prices.len()
     }
 
-    /// Whether the catalog has no entries (every event would be `unpriced`).
+    /// Whether the catalog has no entries (every event with tokens would be `unpriced`).
     pub fn is_empty(&self) -> bool {
         self.prices.is_empty()
     }
@@ -73,40 +88,65 @@ impl Catalog {
     /// A model without a version only matches version-less entries. "In effect at `ts`" means the
     /// entry with the latest `effective_from <= ts`.
     pub fn lookup(&self, model: &ModelRef, ts: DateTime<Utc>) -> Option<&Price> {
-        let provider = model.provider.to_ascii_lowercase();
-        let name = model.name.to_ascii_lowercase();
-        if let Some(version) = &model.version {
-            let key = (provider.clone(), name.clone(), Some(version.to_ascii_lowercase()));
-            if let Some(price) = self.in_effect(&key, ts) {
-                return Some(price);
-            }
+        if let Some(version) = &model.version
+            && let Some(price) = self.in_effect(&model.provider, &model.name, Some(version), ts)
+        {
+            return Some(price);
         }
-        self.in_effect(&(provider, name, None), ts)
+        self.in_effect(&model.provider, &model.name, None, ts)
     }
 
-    /// The contract's cost: no catalog entry → Cost::missing(Unpriced); entry but tokens None →
-    /// Cost::missing(UnknownTokens); else Cost::priced(usd, price_id).
+    /// The contract's cost of an event, the same rule wherever an event is priced:
+    /// 1. no `tokens` → `unknown_tokens`, whatever the model (known, unknown or absent);
+    /// 2. tokens, but no `model` or no entry for it in effect at `ts` → `unpriced`;
+    /// 3. else priced: [`Price::usd`] of the entry, with its id.
     ///
-    /// A model without an entry is `unpriced` whether or not the event has tokens; a price is
-    /// never a silent 0.
-    pub fn cost(&self, model: &ModelRef, ts: DateTime<Utc>, tokens: Option<&Tokens>) -> Cost {
-        let Some(price) = self.lookup(model, ts) else {
-            return Cost::missing(CostStatus::Unpriced);
+    /// A price is never a silent 0.
+    pub fn cost(&self, model: Option<&ModelRef>, ts: DateTime<Utc>, tokens: Option<&Tokens>) -> Cost {
+        let Some(tokens) = tokens else {
+            return Cost::missing(CostStatus::UnknownTokens);
         };
-        match tokens {
-            Some(tokens) => Cost::priced(price.usd(tokens), price.id.clone()),
-            None => Cost::missing(CostStatus::UnknownTokens),
+        match model.and_then(|model| self.lookup(model, ts)) {
+            Some(price) => Cost::priced(price.usd(tokens), price.id.clone()),
+            None => Cost::missing(CostStatus::Unpriced),
         }
     }
 
-    /// The entry of `key` with the latest `effective_from <= ts`.
-    fn in_effect(&self, key: &Key, ts: DateTime<Utc>) -> Option<&Price> {
-        let positions = self.by_key.get(key)?;
+    /// The entry of `(provider, model, version)`, compared after ASCII lower-casing, with the
+    /// latest `effective_from <= ts`.
+    fn in_effect(&self, provider: &str, model: &str, version: Option<&str>, ts: DateTime<Utc>) -> Option<&Price> {
+        let found = self
+            .series
+            .binary_search_by(|s| {
+                folded_cmp(&s.provider, provider).then_with(|| folded_cmp(&s.model, model)).then_with(|| {
+                    match (s.version.as_deref(), version) {
+                        (Some(stored), Some(wanted)) => folded_cmp(stored, wanted),
+                        (stored, wanted) => stored.is_some().cmp(&wanted.is_some()),
+                    }
+                })
+            })
+            .ok()?;
+        let positions = &self.series.get(found)?.positions;
         let started =
             positions.partition_point(|&p| self.prices.get(p).is_some_and(|price| price.effective_from <= ts));
         let position = positions.get(started.checked_sub(1)?)?;
         self.prices.get(*position)
     }
+}
+
+/// What series are sorted and grouped by: `(provider, model, version)`.
+fn series_key(price: &Price) -> (&str, &str, Option<&str>) {
+    (&price.provider, &price.model, price.version.as_deref())
+}
+
+fn series_key_of(series: &Series) -> (&str, &str, Option<&str>) {
+    (&series.provider, &series.model, series.version.as_deref())
+}
+
+/// `stored` (lower-case) against `wanted` ASCII-lower-cased, without allocating. Agrees with the
+/// byte order the series are sorted in, since stored names are lower-case.
+fn folded_cmp(stored: &str, wanted: &str) -> Ordering {
+    stored.bytes().cmp(wanted.bytes().map(|b| b.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
@@ -190,7 +230,9 @@ as_of = "2026-11-27"
         assert_eq!(c.prices()[0].id, "openai/gpt-4o:2024-08-06");
         let empty = Catalog::from_toml_str("version = \"empty\"").unwrap();
         assert!(empty.is_empty());
-        assert_eq!(empty.cost(&ModelRef::new("openai", "gpt-4o"), now(), None), Cost::missing(CostStatus::Unpriced));
+        let tokens = Tokens { input: 1, output: 1, ..Tokens::default() };
+        let gpt_4o = ModelRef::new("openai", "gpt-4o");
+        assert_eq!(empty.cost(Some(&gpt_4o), now(), Some(&tokens)), Cost::missing(CostStatus::Unpriced));
     }
 
     #[test]
@@ -229,6 +271,23 @@ as_of = "2026-11-27"
         assert!(c.lookup(&ModelRef::new("azure_openai", "gpt-4o"), now()).is_none());
     }
 
+    proptest::proptest! {
+        /// Any ASCII casing of an entry's names finds that entry, as the lower-cased names do.
+        #[test]
+        fn lookups_fold_ascii_case(entry in 0usize..5, flips in proptest::collection::vec(proptest::bool::ANY, 64)) {
+            let c = catalog();
+            let price = &c.prices()[entry];
+            let mut flip = flips.iter().cycle();
+            let mut shuffle = |s: &str| -> String {
+                s.chars().map(|ch| if *flip.next().unwrap_or(&false) { ch.to_ascii_uppercase() } else { ch }).collect()
+            };
+            let mut model = ModelRef::new(shuffle(&price.provider), shuffle(&price.model));
+            model.version = price.version.as_deref().map(&mut shuffle);
+            let found = c.lookup(&model, price.effective_from).map(|p| &p.id);
+            proptest::prop_assert_eq!(found, Some(&price.id));
+        }
+    }
+
     #[test]
     fn the_latest_entry_in_effect_wins_at_the_boundaries() {
         let c = catalog();
@@ -254,13 +313,22 @@ as_of = "2026-11-27"
         let unknown = ModelRef::new("openai", "gpt-unknown");
         let known = ModelRef::new("openai", "gpt-4o");
 
-        assert_eq!(c.cost(&unknown, now(), Some(&tokens)), Cost::missing(CostStatus::Unpriced));
-        assert_eq!(c.cost(&unknown, now(), None), Cost::missing(CostStatus::Unpriced));
-        assert_eq!(c.cost(&known, now(), None), Cost::missing(CostStatus::UnknownTokens));
-        // Known model, but the event predates its first price.
-        assert_eq!(c.cost(&known, at(2024, 1, 1, 0, 0, 0), Some(&tokens)), Cost::missing(CostStatus::Unpriced));
+        // No tokens: unknown_tokens, whatever the model.
+        for model in [Some(&known), Some(&unknown), None] {
+            assert_eq!(c.cost(model, now(), None), Cost::missing(CostStatus::UnknownTokens), "{model:?}");
+        }
+        // Before the model's first price, without tokens: still unknown_tokens.
+        assert_eq!(c.cost(Some(&known), at(2024, 1, 1, 0, 0, 0), None), Cost::missing(CostStatus::UnknownTokens));
 
-        let cost = c.cost(&known, now(), Some(&tokens));
+        // Tokens, but no model or no entry: unpriced.
+        assert_eq!(c.cost(None, now(), Some(&tokens)), Cost::missing(CostStatus::Unpriced));
+        assert_eq!(c.cost(Some(&unknown), now(), Some(&tokens)), Cost::missing(CostStatus::Unpriced));
+        // Known model, but the event predates its first price.
+        let early = at(2024, 1, 1, 0, 0, 0);
+        assert_eq!(c.cost(Some(&known), early, Some(&tokens)), Cost::missing(CostStatus::Unpriced));
+
+        // Tokens and an entry: priced.
+        let cost = c.cost(Some(&known), now(), Some(&tokens));
         assert_eq!(cost.status, None);
         assert_eq!(cost.price_id.as_deref(), Some("openai/gpt-4o:2024-08-06"));
         let usd = cost.usd.unwrap();
@@ -268,12 +336,27 @@ as_of = "2026-11-27"
     }
 
     #[test]
+    fn lookups_need_every_part_of_the_key() {
+        let c = catalog();
+        // Series sort next to each other; a lookup must land on exactly its own.
+        let o3_pinned = ModelRef::new("openai", "o3").with_version("2025-04-16");
+        assert_eq!(c.lookup(&o3_pinned, now()).unwrap().id, "openai/o3:2025-06-10");
+        let pinned_only = ModelRef::new("OPENAI", "GPT-4O").with_version("2024-05-13");
+        assert_eq!(c.lookup(&pinned_only, at(2024, 6, 1, 0, 0, 0)).unwrap().id, "openai/gpt-4o@2024-05-13:2024-05-13");
+        for (provider, name) in [("anthropic", "gpt-4o"), ("openai", "claude-sonnet-4-5"), ("", ""), ("openai", "o")] {
+            assert!(c.lookup(&ModelRef::new(provider, name), now()).is_none(), "{provider}/{name}");
+        }
+        // Non-ASCII letters are not folded.
+        assert!(c.lookup(&ModelRef::new("openaİ", "gpt-4o"), now()).is_none());
+    }
+
+    #[test]
     fn cost_uses_the_price_in_effect_at_the_event() {
         let c = catalog();
         let o3 = ModelRef::new("openai", "o3");
         let tokens = Tokens { input: 1_000_000, output: 1_000_000, cached_input: Some(500_000), ..Tokens::default() };
-        let before = c.cost(&o3, at(2025, 5, 1, 0, 0, 0), Some(&tokens));
-        let after = c.cost(&o3, at(2025, 7, 1, 0, 0, 0), Some(&tokens));
+        let before = c.cost(Some(&o3), at(2025, 5, 1, 0, 0, 0), Some(&tokens));
+        let after = c.cost(Some(&o3), at(2025, 7, 1, 0, 0, 0), Some(&tokens));
         assert_eq!(before.usd, Some(0.5 * 10.0 + 0.5 * 2.5 + 40.0));
         assert_eq!(after.usd, Some(0.5 * 2.0 + 0.5 * 0.5 + 8.0));
         assert_eq!(after.price_id.as_deref(), Some("openai/o3:2025-06-10"));
@@ -290,7 +373,7 @@ as_of = "2026-11-27"
             cache_write: Some(15_000),
             reasoning: Some(1_000),
         };
-        let usd = c.cost(&sonnet, now(), Some(&tokens)).usd.unwrap();
+        let usd = c.cost(Some(&sonnet), now(), Some(&tokens)).usd.unwrap();
         let expected = (5_000.0 * 3.0 + 80_000.0 * 0.30 + 15_000.0 * 3.75 + 2_000.0 * 15.0) / 1e6;
         assert!((usd - expected).abs() < 1e-12, "{usd} != {expected}");
     }

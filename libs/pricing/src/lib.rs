@@ -42,24 +42,31 @@
 //! # Matching
 //!
 //! `provider`, `model` and `version` are compared exactly after ASCII lower-casing (the catalog
-//! stores them lower-cased); nothing else is normalised: no trimming, no alias resolution
-//! (`*-latest`), no stripping of snapshot suffixes (`gpt-4o-2024-08-06` is a different name from
-//! `gpt-4o`). An event's model is priced by the entry for (provider, name, version) in effect at
+//! stores them lower-cased and folds the event's names as it compares, without allocating);
+//! nothing else is normalised: no trimming, no alias resolution (`*-latest`), no stripping of
+//! snapshot suffixes (`gpt-4o-2024-08-06` is a different name from `gpt-4o`). An event's model is priced by the entry for (provider, name, version) in effect at
 //! its `ts`, else by the version-less entry for (provider, name) in effect at its `ts`.
 //!
 //! # Effective dating
 //!
 //! A price change is a new entry with a later `effective_from`; old entries stay, so repricing
 //! history gives the same result. The entry in effect at `ts` is the one with the latest
-//! `effective_from <= ts`; before the first entry of a model, its events are `unpriced`.
+//! `effective_from <= ts`; before the first entry of a model, its events with tokens are
+//! `unpriced`.
 //!
 //! # Cost
 //!
 //! See [`Price::usd`]: uncached input, cached input, cache writes, output (with reasoning split
 //! off when the entry has a reasoning price) and the per-request fee. Cached and cache-write
 //! tokens of an entry without those prices are billed at the input price (what the provider
-//! charges when it has no cache discount). No entry → `cost.status = "unpriced"`; an entry but no
-//! tokens → `"unknown_tokens"`; never a silent 0.
+//! charges when it has no cache discount). [`Catalog::cost`] applies one precedence, the same
+//! wherever an event is priced (collector, `reaggregate --reprice`):
+//! 1. no tokens → `cost.status = "unknown_tokens"`, even for a model that is absent or not in
+//!    the catalog (the price could not be computed either way; the tokens are what is missing);
+//! 2. tokens, but no model or no entry in effect at `ts` → `"unpriced"`;
+//! 3. else the cost in USD and the entry's `price_id`.
+//!
+//! Never a silent 0.
 //!
 //! Not modelled (the catalog holds one standard-tier price per token kind): long-context tiers
 //! (e.g. a higher rate above 200k prompt tokens), batch/flex/priority discounts, regional or

@@ -107,7 +107,7 @@ fn costs_an_anthropic_call_with_prompt_caching() {
         cache_write: Some(10_000),
         reasoning: Some(1_000),
     };
-    let cost = shipped().cost(&ModelRef::new("anthropic", "claude-sonnet-4-5"), now(), Some(&tokens));
+    let cost = shipped().cost(Some(&ModelRef::new("anthropic", "claude-sonnet-4-5")), now(), Some(&tokens));
     let expected = (10_000.0 * 3.00 + 100_000.0 * 0.30 + 10_000.0 * 3.75 + 3_000.0 * 15.00) / 1e6;
     assert!((cost.usd.unwrap() - expected).abs() < 1e-12, "{cost:?} != {expected}");
     assert_eq!(cost.price_id.as_deref(), Some("anthropic/claude-sonnet-4-5:2025-09-29"));
@@ -117,10 +117,15 @@ fn costs_an_anthropic_call_with_prompt_caching() {
 fn unknown_models_and_missing_tokens_are_flagged() {
     let catalog = shipped();
     let tokens = Tokens { input: 10, output: 10, ..Tokens::default() };
-    let unknown = catalog.cost(&ModelRef::new("openai", "gpt-4o-latest-preview"), now(), Some(&tokens));
-    assert_eq!(unknown.status, Some(CostStatus::Unpriced));
-    let aliased = catalog.cost(&ModelRef::new("mistral", "mistral-large-latest"), now(), Some(&tokens));
-    assert_eq!(aliased.status, Some(CostStatus::Unpriced));
-    let no_tokens = catalog.cost(&ModelRef::new("google", "gemini-2.5-flash"), now(), None);
-    assert_eq!(no_tokens.status, Some(CostStatus::UnknownTokens));
+    let unknown = ModelRef::new("openai", "gpt-4o-latest-preview");
+    let aliased = ModelRef::new("mistral", "mistral-large-latest");
+    let known = ModelRef::new("google", "gemini-2.5-flash");
+    for model in [&unknown, &aliased] {
+        assert_eq!(catalog.cost(Some(model), now(), Some(&tokens)).status, Some(CostStatus::Unpriced), "{model:?}");
+    }
+    assert_eq!(catalog.cost(None, now(), Some(&tokens)).status, Some(CostStatus::Unpriced));
+    // Missing tokens win over a missing price: the collector's rule.
+    for model in [Some(&known), Some(&unknown), None] {
+        assert_eq!(catalog.cost(model, now(), None).status, Some(CostStatus::UnknownTokens), "{model:?}");
+    }
 }

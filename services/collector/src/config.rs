@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::sampling::Rate;
 
-/// Everything the collector reads.
+/// Everything the collector reads. Sections of other services (one configuration file and one
+/// environment can serve every service) are ignored; unknown keys inside a section are errors.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct Config {
     /// How to reach NATS.
     pub nats: NatsConfig,
@@ -59,8 +60,10 @@ pub struct CollectorConfig {
     /// `off`, `pseudonymize` (default) or `strict`.
     pub privacy: PrivacyLevel,
     /// The secret key of the pseudonyms (`MODELPERF_COLLECTOR__PRIVACY_KEY`).
+    #[serde(deserialize_with = "modelperf_bus::config::scalar_string")]
     pub privacy_key: Option<String>,
     /// The name of that key, recorded on every event for rotation.
+    #[serde(deserialize_with = "modelperf_bus::config::scalar_string")]
     pub privacy_key_id: Option<String>,
     /// Attribute keys whose values are personal ids, pseudonymised like `user_id`.
     #[serde(deserialize_with = "modelperf_bus::config::comma_list")]
@@ -173,5 +176,56 @@ impl Config {
             return bad("MODELPERF_COLLECTOR__IN_FLIGHT_BATCHES", "must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::result_large_err)] // figment's Jail returns its own error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_keys_reach_the_collector() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                "[collector.sampling]\nkeep_judgment_below = 0.3\n[collector.sampling.rates]\nsummarize = \"1/10\"\n",
+            )?;
+            jail.set_env("MODELPERF_COLLECTOR__PRIVACY_KEY", "123456");
+            jail.set_env("MODELPERF_COLLECTOR__PRIVACY_KEY_ID", "2024");
+            jail.set_env("MODELPERF_COLLECTOR__PRICES_FILE", "/etc/modelperf/prices.toml");
+            jail.set_env("MODELPERF_COLLECTOR__PRIVACY", "strict");
+            jail.set_env("MODELPERF_COLLECTOR__PROFILE", "prod");
+            jail.set_env("MODELPERF_COLLECTOR__PSEUDONYMIZE_ATTRS", "customer_id, account");
+            // Another service's section in the shared environment is not the collector's business.
+            jail.set_env("MODELPERF_INFLUX__URL", "http://127.0.0.1:8086");
+            let c = Config::load(Some(std::path::Path::new("c.toml"))).unwrap();
+            assert_eq!(c.collector.privacy_key.as_deref(), Some("123456"));
+            assert_eq!(c.collector.privacy_key_id.as_deref(), Some("2024"));
+            assert_eq!(c.collector.prices_file, PathBuf::from("/etc/modelperf/prices.toml"));
+            assert_eq!(c.collector.privacy, PrivacyLevel::Strict);
+            assert_eq!(c.collector.profile, Profile::Prod);
+            assert_eq!(c.collector.pseudonymize_attrs, vec!["customer_id".to_owned(), "account".to_owned()]);
+            assert_eq!(c.collector.sampling.keep_judgment_below, Some(0.3));
+            assert_eq!(c.collector.sampling.rates["summarize"].to_string(), "1/10");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MODELPERF_COLLECTOR__PRIVACY_LEVEL", "strict");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("privacy_level"), "{err}");
+            jail.clear_env();
+            jail.create_file("c.toml", "[collector.sampling]\nkeep_judgment_below = 2.0\n")?;
+            let err = Config::load(Some(std::path::Path::new("c.toml"))).unwrap_err().to_string();
+            assert!(err.contains("keep_judgment_below"), "{err}");
+            jail.create_file("d.toml", "[collector.sampling.rates]\nsummarize = \"2/3\"\n")?;
+            let err = Config::load(Some(std::path::Path::new("d.toml"))).unwrap_err().to_string();
+            assert!(err.contains("1/k"), "{err}");
+            Ok(())
+        });
     }
 }

@@ -121,10 +121,11 @@ impl App {
         self.http_addr
     }
 
-    /// Runs until `shutdown` resolves (or the runner fails), then drains in order: stop pulling,
-    /// settle in-flight messages, flush NATS, stop HTTP.
+    /// Runs until `shutdown` resolves (or the runner fails), then drains in order: report not
+    /// ready, stop pulling, settle in-flight messages, drain the NATS connection, stop the
+    /// heartbeat, stop HTTP last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunStats> {
-        let stop = CancellationToken::new();
+        let background = CancellationToken::new();
         let beat = modelperf_telemetry::heartbeat(
             self.client.clone(),
             STAGE,
@@ -132,36 +133,43 @@ impl App {
             self.health.clone(),
             Vec::new,
             HEARTBEAT_INTERVAL,
-            stop.clone(),
+            background.clone(),
         );
-        let watch = watch_connection(self.client.clone(), self.health.clone(), stop.clone());
+        let watch = watch_connection(self.client.clone(), self.health.clone(), background.clone());
         let mut runner_cfg = RunnerConfig::new(STAGE, &self.config.bus);
         runner_cfg.in_flight_batches = self.config.collector.in_flight_batches;
+        let stop_pulling = CancellationToken::new();
         let runner = {
             let (js, consumer, collector, stop) =
-                (self.js.clone(), self.consumer.clone(), self.collector.clone(), stop.clone());
+                (self.js.clone(), self.consumer.clone(), self.collector.clone(), stop_pulling.clone());
             tokio::spawn(async move { modelperf_bus::run(js, consumer, collector, &runner_cfg, stop).await })
         };
         tokio::pin!(runner);
         let result = tokio::select! {
             _ = shutdown => {
                 tracing::info!("shutting down: draining in-flight messages");
-                stop.cancel();
+                background.cancel();
+                let _ = watch.await;
+                self.health.not_ready("draining", "shutting down");
+                stop_pulling.cancel();
                 runner.await
             }
             r = &mut runner => r,
         };
-        stop.cancel();
-        let _ = beat.await;
-        let _ = watch.await;
-        let stats = match result {
-            Ok(Ok(stats)) => stats,
-            Ok(Err(e)) => return Err(e).context("collector runner failed"),
-            Err(e) => return Err(e).context("collector runner panicked"),
+        background.cancel();
+        self.health.not_ready("draining", "shutting down");
+        let result = match result {
+            Ok(Ok(stats)) => Ok(stats),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("collector runner failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("collector runner panicked")),
         };
-        self.client.flush().await.context("failed to flush nats")?;
+        // Drain even after a failure: what was published must reach the server.
+        let drained = self.client.drain().await.context("failed to drain the nats connection");
+        let _ = beat.await;
         self.http_stop.cancel();
         let _ = self.http_task.await;
+        let stats = result?;
+        drained?;
         tracing::info!(acked = stats.acked, dead_lettered = stats.dead_lettered, retried = stats.retried, "stopped");
         Ok(stats)
     }

@@ -43,16 +43,10 @@ impl Collector {
             }
         };
         let now = Utc::now();
-        modelperf_schema::check_ts_range(event.ts, now, msg.header(dlq::REPLAY).is_some())?;
+        modelperf_schema::check_ts_range(event.ts, now, is_replay(msg))?;
         modelperf_schema::id::assign_id(&mut event, msg.header("Nats-Msg-Id"), msg.stream, msg.seq);
-        if let Some(tokens_holder) = priced_model(&event) {
-            let cost = match event.data.tokens() {
-                None => Cost::missing(CostStatus::UnknownTokens),
-                Some(tokens) => match tokens_holder {
-                    Some(model) => self.catalog.cost(model, event.ts, Some(tokens)),
-                    None => Cost::missing(CostStatus::Unpriced),
-                },
-            };
+        if let Some(model) = priced_model(&event) {
+            let cost = self.catalog.cost(model, event.ts, event.data.tokens());
             self.counters.cost(&cost);
             event.cost = Some(cost);
         }
@@ -71,6 +65,23 @@ impl Collector {
         self.privacy.apply(&mut event);
         event.received_at = Some(now);
         Ok(Some(event))
+    }
+}
+
+/// The dead letter's reason, starting with the field it is about (once).
+fn reason_naming_field(field: &str, reason: String) -> String {
+    // serde names an unknown position `?`; say nothing rather than that.
+    let field = field.trim_start_matches('?').trim_start_matches('.');
+    let reason = reason.strip_prefix("?: ").map(str::to_owned).unwrap_or(reason);
+    if field.is_empty() || reason.starts_with(field) { reason } else { format!("{field}: {reason}") }
+}
+
+/// A DLQ replay: `Modelperf-Replay: <seq>` together with `Nats-Msg-Id: replay:<seq>`, as
+/// `modelperf dlq replay` sends it. The header alone does not exempt an event from the age rule.
+fn is_replay(msg: &Incoming<'_>) -> bool {
+    match (msg.header(dlq::REPLAY), msg.header("Nats-Msg-Id").and_then(|id| id.strip_prefix("replay:"))) {
+        (Some(seq), Some(id_seq)) => !seq.is_empty() && seq == id_seq,
+        _ => false,
     }
 }
 
@@ -105,7 +116,7 @@ impl Handler for Collector {
             Ok(None) => return Ok(Vec::new()),
             Err(err) => {
                 self.counters.rejected(err.code);
-                let reason = if err.field.is_empty() { err.reason } else { format!("{}: {}", err.field, err.reason) };
+                let reason = reason_naming_field(&err.field, err.reason);
                 return Err(Failure::Terminate { code: err.code, reason });
             }
         };

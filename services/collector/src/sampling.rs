@@ -168,14 +168,12 @@ impl Sampler {
     /// The decision for a priced event (overrides look at its cost).
     pub fn decide(&self, event: &Event) -> Decision {
         let rate = self.rate(event.task_type.as_deref());
-        if let Some(by) = self.override_of(event) {
+        let task_kept = rate == Rate::ONE || self.keeps_task(event.partition_key(), rate);
+        match self.override_of(event) {
             // Always kept, so counted with weight 1, whether or not its task was kept.
-            return Decision::Keep { sample_rate: 1.0, by: (rate != Rate::ONE).then_some(by) };
-        }
-        if rate == Rate::ONE || self.keeps_task(event.partition_key(), rate) {
-            Decision::Keep { sample_rate: rate.probability(), by: None }
-        } else {
-            Decision::Drop
+            Some(by) => Decision::Keep { sample_rate: 1.0, by: (!task_kept).then_some(by) },
+            None if task_kept => Decision::Keep { sample_rate: rate.probability(), by: None },
+            None => Decision::Drop,
         }
     }
 
@@ -336,5 +334,8 @@ mod tests {
         // An ordinary event of the same (almost surely dropped) task is dropped.
         assert_eq!(s.decide(&judged(0.9)), Decision::Drop);
         assert_eq!(s.decide(&event("t", completed(true, 10.0))), Decision::Drop);
+        // When the task is kept anyway, the override did not change anything: not counted.
+        let all = Sampler::new(&SamplingConfig::default());
+        assert_eq!(all.decide(&event("t", completed(false, 10.0))), Decision::Keep { sample_rate: 1.0, by: None });
     }
 }
