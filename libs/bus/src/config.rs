@@ -73,6 +73,35 @@ pub struct BusConfig {
     /// Lifetime of a lease that is not renewed.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    /// Retention of streams, overriding the contract's defaults (TOML: `[bus.max_age]`,
+    /// `PERF_EVENTS = "14d"`); `0s` keeps messages until the stream's other limits.
+    #[serde(with = "max_age_map")]
+    pub max_age: std::collections::BTreeMap<String, Duration>,
+}
+
+/// `stream name → humantime duration`.
+mod max_age_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<String, Duration>, s: S) -> Result<S::Ok, S::Error> {
+        let text: BTreeMap<&String, String> =
+            map.iter().map(|(k, v)| (k, humantime::format_duration(*v).to_string())).collect();
+        text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let text = BTreeMap::<String, String>::deserialize(d)?;
+        text.into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k.clone(), d))
+                    .map_err(|e| serde::de::Error::custom(format!("max_age of {k}: {v:?} is not a duration: {e}")))
+            })
+            .collect()
+    }
 }
 
 impl Default for BusConfig {
@@ -86,6 +115,7 @@ impl Default for BusConfig {
             duplicate_window: Duration::from_secs(120),
             checkpoint_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(10),
+            max_age: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -113,6 +143,12 @@ impl BusConfig {
         }
         if self.checkpoint_interval >= self.ack_wait {
             return bad("CHECKPOINT_INTERVAL", "must be shorter than ACK_WAIT");
+        }
+        if let Some(unknown) = self.max_age.keys().find(|k| !crate::topology::streams::ALL.contains(&k.as_str())) {
+            return Err(ConfigError::Invalid {
+                key: format!("bus.max_age.{unknown}"),
+                reason: format!("no such stream (streams: {})", crate::topology::streams::ALL.join(", ")),
+            });
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::{AckKind, Message};
-use futures::{FutureExt, StreamExt, future};
+use futures::{StreamExt, future};
 use modelperf_schema::ErrorCode;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -138,6 +138,13 @@ enum Settle {
 /// Runs until `stop` is cancelled, then drains: stops pulling, waits for in-flight batches and
 /// settles their inputs. Returns the counts.
 ///
+/// Messages are pulled with one bounded request at a time (at most `fetch_batch` messages,
+/// expiring after a second when the stream is idle); what a request delivers is handled as it
+/// arrives. Because each request is read to its end — also after `stop` — nothing the server
+/// handed out is left unacknowledged at exit, and while every batch slot is busy (a slow or
+/// unavailable output stream) no further request is made, so waiting messages are not
+/// redelivered and use up none of their deliveries.
+///
 /// Each batch is handled, published and settled on a task of its own, at most
 /// `in_flight_batches` at once: handling one batch overlaps with awaiting the acks of others,
 /// and a multi-threaded runtime spreads the handling over its cores. Outputs of different
@@ -149,46 +156,65 @@ pub async fn run<H: Handler>(
     cfg: &RunnerConfig,
     stop: CancellationToken,
 ) -> Result<RunStats, BusError> {
-    let mut batches = pull_batches(&consumer, cfg.fetch_batch, &cfg.stage).await?;
     let mut in_flight = tokio::task::JoinSet::new();
     let mut stats = RunStats::default();
     let shared_cfg = Arc::new(cfg.clone());
-    loop {
-        if in_flight.len() >= cfg.in_flight_batches.max(1) {
-            if let Some(done) = in_flight.join_next().await {
-                add(&mut stats, settled(done, &cfg.stage));
+    let mut failures = 0u32;
+    while !stop.is_cancelled() {
+        let request = match consumer.batch().max_messages(cfg.fetch_batch).expires(PULL_EXPIRES).messages().await {
+            Ok(request) => {
+                failures = 0;
+                request
             }
-            continue;
-        }
-        let batch = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                add(&mut stats, settled(done, &cfg.stage));
+            Err(e) => {
+                // The connection is down or the consumer is gone: try again, gently.
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(30) {
+                    tracing::warn!(stage = %cfg.stage, error = %e, failures, "pull request failed, retrying");
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let mut chunks = request.ready_chunks(cfg.fetch_batch);
+        // Messages of this request not yet handed to a batch task (at most `fetch_batch`):
+        // kept alive with progress acks while every slot is busy.
+        let mut held: Vec<Message> = Vec::new();
+        let mut request_done = false;
+        let step = (cfg.ack_wait / 3).max(Duration::from_millis(100));
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
+        loop {
+            if !held.is_empty() && in_flight.len() < cfg.in_flight_batches.max(1) {
+                let msgs = std::mem::take(&mut held);
+                in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs, stop.clone()));
                 continue;
             }
-            batch = batches.next() => batch,
-        };
-        let Some(batch) = batch else { break };
-        let mut msgs = Vec::with_capacity(batch.len());
-        for m in batch {
-            match m {
-                Ok(m) => msgs.push(m),
-                // Missed heartbeats and similar are reported by the stream and recovered by it.
-                Err(e) => tracing::warn!(stage = %cfg.stage, error = %e, "pull stream error"),
+            if request_done && held.is_empty() {
+                break;
             }
-        }
-        if !msgs.is_empty() {
-            in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs, stop.clone()));
-        }
-    }
-    // Messages the pull already delivered would otherwise sit unacknowledged until ack_wait:
-    // process what is ready now (a bounded number of batches: the pull may still be filling).
-    for _ in 0..cfg.in_flight_batches.max(1) {
-        let Some(Some(batch)) = batches.next().now_or_never() else { break };
-        let msgs: Vec<Message> = batch.into_iter().filter_map(Result::ok).collect();
-        if !msgs.is_empty() {
-            in_flight.spawn(process_batch(js.clone(), handler.clone(), shared_cfg.clone(), msgs, stop.clone()));
+            tokio::select! {
+                chunk = chunks.next(), if !request_done => match chunk {
+                    Some(chunk) => {
+                        for m in chunk {
+                            match m {
+                                Ok(m) => held.push(m),
+                                Err(e) => tracing::warn!(stage = %cfg.stage, error = %e, "pull request error"),
+                            }
+                        }
+                    }
+                    None => request_done = true,
+                },
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    add(&mut stats, settled(done, &cfg.stage));
+                }
+                _ = keep_alive.tick(), if !held.is_empty() => {
+                    for m in &held {
+                        let _ = m.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
         }
     }
     while let Some(done) = in_flight.join_next().await {
@@ -196,6 +222,9 @@ pub async fn run<H: Handler>(
     }
     Ok(stats)
 }
+
+/// How long an idle pull request waits for messages.
+const PULL_EXPIRES: Duration = Duration::from_secs(1);
 
 /// The counts of a finished batch task; a panicked handler leaves its inputs unacknowledged,
 /// so the server redelivers them after `ack_wait`.

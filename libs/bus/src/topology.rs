@@ -28,6 +28,8 @@ pub mod streams {
     pub const ALERTS: &str = "PERF_ALERTS";
     pub const OUTBOX: &str = "PERF_OUTBOX";
     pub const RL_BATCHES: &str = "RL_BATCHES";
+    /// Every stream, for checking configuration.
+    pub const ALL: [&str; 9] = [RAW, EVENTS, DLQ, PARTIALS, METRICS, SIGNALS, ALERTS, OUTBOX, RL_BATCHES];
 }
 
 /// KV buckets and the object store of the contract.
@@ -169,6 +171,16 @@ impl Topology {
                 &[RlPipeline],
             ),
         ];
+        let mut streams = streams;
+        for spec in &mut streams {
+            if let Some(age) = bus.max_age.get(spec.name) {
+                spec.max_age = *age;
+                // The server refuses a duplicate window longer than the stream's max age.
+                if !age.is_zero() {
+                    spec.duplicate_window = spec.duplicate_window.min(*age);
+                }
+            }
+        }
         let consumer = |stream, durable: String, filter: Option<String>, ack_policy, owner| ConsumerSpec {
             stream,
             durable,
@@ -461,5 +473,14 @@ mod tests {
         let names: Vec<_> = collector.streams.iter().map(|s| s.name).collect();
         assert_eq!(names, [streams::RAW, streams::EVENTS, streams::DLQ]);
         assert!(collector.buckets.is_empty());
+        let mut bus = BusConfig::default();
+        bus.max_age.insert("PERF_EVENTS".into(), Duration::from_secs(14 * 86_400));
+        bus.max_age.insert("PERF_DLQ".into(), Duration::from_secs(60));
+        let t = Topology::contract(&bus, 1);
+        let get = |n: &str| t.streams.iter().find(|s| s.name == n).cloned().unwrap();
+        assert_eq!(get("PERF_EVENTS").max_age, Duration::from_secs(14 * 86_400));
+        assert_eq!(get("PERF_DLQ").duplicate_window, Duration::from_secs(60), "clamped to the max age");
+        bus.max_age.insert("PERF_EVNTS".into(), Duration::from_secs(1));
+        assert!(bus.validate().unwrap_err().to_string().contains("bus.max_age.PERF_EVNTS"));
     }
 }

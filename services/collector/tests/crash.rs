@@ -109,3 +109,50 @@ async fn a_collector_killed_twice_under_load_loses_and_duplicates_nothing() {
     }
     assert_eq!(count(&js, "PERF_DLQ").await, 0);
 }
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_and_exits_zero() {
+    let server = NatsServer::start().await.unwrap();
+    let js = jetstream::new(server.client().await.unwrap());
+    modelperf_bus::Topology::contract(&modelperf_bus::BusConfig::default(), 1).ensure(&js).await.unwrap();
+    const N: u64 = 20_000;
+    let mut acks = Vec::new();
+    for i in 0..N {
+        acks.push(js.publish("perf.raw.task_completed", event(i).into()).await.unwrap());
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    let mut c = collector(server.url());
+    eventually(Duration::from_secs(60), || async { (count(&js, "PERF_EVENTS").await >= 2_000).then_some(()) })
+        .await
+        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &c.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exited = eventually(Duration::from_secs(30), || {
+        let r = c.0.try_wait().unwrap();
+        async move { r }
+    })
+    .await
+    .expect("the collector exits within its grace period");
+    assert!(exited.success(), "exit status {exited:?}");
+    // Nothing it was handed is left waiting for ack_wait.
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        js.get_stream("PERF_RAW").await.unwrap().get_consumer("collector").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.num_ack_pending, 0, "{info:?}");
+    let (raw, clean) = (count(&js, "PERF_RAW").await, count(&js, "PERF_EVENTS").await);
+    assert_eq!(raw + clean, N, "every event is either still raw or clean: {raw} + {clean}");
+    assert!(raw > 0, "stopped before the end, so the drain was tested");
+    // A new collector finishes the rest.
+    let mut c = collector(server.url());
+    eventually(Duration::from_secs(60), || async { (count(&js, "PERF_EVENTS").await == N).then_some(()) })
+        .await
+        .unwrap();
+    c.kill9();
+}
