@@ -19,10 +19,21 @@ wait_for() { # what, command...
   echo "infra: $what did not come up (logs in .local/logs)" >&2; exit 1
 }
 
+# The URL a previous `up` wrote, when the process it started is still alive.
+previous() { # pidfile-name env-var
+  local pidfile="$local_dir/pids/$1"
+  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null && [ -f "$local_dir/env" ] || return 1
+  sed -n "s/^export $2=//p" "$local_dir/env"
+}
+
 up() {
-  # NATS: reuse 4222 only if it passes the version check, else start our own.
+  # NATS: reuse ours from a previous run, or 4222 if it passes the version check, else start one.
   nats_url="nats://127.0.0.1:4222"
-  if port_busy 4222 && MODELPERF_NATS__URL=$nats_url "$cli" server-check; then
+  if own=$(previous nats-server MODELPERF_NATS__URL) && [ -n "$own" ] \
+    && MODELPERF_NATS__URL=$own "$cli" server-check >/dev/null; then
+    nats_url=$own
+    say "reusing $nats_url (started by a previous make run)"
+  elif port_busy 4222 && MODELPERF_NATS__URL=$nats_url "$cli" server-check; then
     say "reusing $nats_url"
   else
     port=4222
@@ -39,7 +50,10 @@ up() {
   fi
   # InfluxDB: reuse 8086 if it answers /ping, else start our own.
   influx_url="http://127.0.0.1:8086"
-  if curl -sf "$influx_url/ping" >/dev/null 2>&1; then
+  if own=$(previous influxd MODELPERF_INFLUX__URL) && [ -n "$own" ] && curl -sf "$own/ping" >/dev/null 2>&1; then
+    influx_url=$own
+    say "reusing InfluxDB at $influx_url (started by a previous make run)"
+  elif curl -sf "$influx_url/ping" >/dev/null 2>&1; then
     say "reusing InfluxDB at $influx_url"
   else
     http_port=8086; port_busy 8086 && http_port=$(free_port)
