@@ -112,7 +112,15 @@ pub fn from_json<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, ValidationEr
     from_json_seed(body, std::marker::PhantomData::<T>)
 }
 
-fn from_json_seed<'a, S: DeserializeSeed<'a>>(body: &'a [u8], seed: S) -> Result<S::Value, ValidationError> {
+fn from_json_seed<'a, S: DeserializeSeed<'a> + Clone>(body: &'a [u8], seed: S) -> Result<S::Value, ValidationError> {
+    // The fast path: no path tracking (serde_json checks the UTF-8 of every string it reads).
+    // Only a body that fails is decoded again, tracked, to name the field in the error.
+    let mut de = serde_json::Deserializer::from_slice(body);
+    if let Ok(value) = seed.clone().deserialize(&mut de)
+        && de.end().is_ok()
+    {
+        return Ok(value);
+    }
     if let Err(e) = std::str::from_utf8(body) {
         return Err(ValidationError::new(ErrorCode::Decode, "", format!("invalid UTF-8 at byte {}", e.valid_up_to())));
     }
@@ -136,11 +144,23 @@ pub fn from_msgpack<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, Validatio
     from_msgpack_seed(body, std::marker::PhantomData::<T>)
 }
 
-fn from_msgpack_seed<S: for<'a> DeserializeSeed<'a>>(
+fn from_msgpack_seed<S: for<'a> DeserializeSeed<'a> + Clone>(
     body: &[u8],
     seed: S,
 ) -> Result<<S as DeserializeSeed<'static>>::Value, ValidationError> {
     use rmp_serde::decode::Error as E;
+    // The fast path without path tracking; a failure is decoded again, tracked, for the error.
+    {
+        let mut rest = body;
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        de.set_max_depth(MAX_MSGPACK_DEPTH);
+        if let Ok(value) = seed.clone().deserialize(&mut de) {
+            drop(de);
+            if rest.is_empty() {
+                return Ok(value);
+            }
+        }
+    }
     // A reader over the slice (not `from_read_ref`) so the unread rest is visible afterwards;
     // it reads declared lengths incrementally, so a hostile length allocates nothing up front.
     let mut rest = body;

@@ -23,12 +23,18 @@ pub struct Collector {
     privacy: Privacy,
     catalog: Catalog,
     counters: Counters,
+    /// `perf.events.<kind>.<p>`, by kind and partition: built once, not formatted per event.
+    subjects: Vec<Vec<String>>,
 }
 
 impl Collector {
     /// A collector with its parts.
     pub fn new(partitions: u32, sampler: Sampler, privacy: Privacy, catalog: Catalog) -> Self {
-        Self { partitions, sampler, privacy, catalog, counters: Counters::new() }
+        let subjects = Kind::ALL
+            .iter()
+            .map(|k| (0..partitions.max(1)).map(|p| format!("perf.events.{}.{p}", k.as_str())).collect())
+            .collect();
+        Self { partitions, sampler, privacy, catalog, counters: Counters::new(), subjects }
     }
 
     /// The clean event of one raw message, `None` when its task was sampled out.
@@ -131,7 +137,11 @@ impl Handler for Collector {
         let partition = modelperf_bus::partition_of(event.partition_key(), self.partitions);
         let id = event.id.unwrap_or_default();
         self.counters.clean[kind as usize].increment(1);
-        Ok(vec![Outgoing::new(format!("perf.events.{}.{partition}", kind.as_str()), id, body)])
+        let subject = match self.subjects.get(kind as usize).and_then(|by_p| by_p.get(partition as usize)) {
+            Some(subject) => subject.clone(),
+            None => format!("perf.events.{}.{partition}", kind.as_str()),
+        };
+        Ok(vec![Outgoing::new(subject, id, body)])
     }
 }
 
