@@ -25,6 +25,7 @@ pub struct Event {
     /// derives one (UUIDv5 of the `Nats-Msg-Id` header, else of `PERF_RAW:<seq>`). Always set on
     /// clean events.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
     pub id: Option<String>,
     /// When it happened (RFC 3339, any offset; clean events are in UTC).
     #[schemars(with = "String", regex(pattern = r"^\d{4}-\d{2}-\d{2}T"))]
@@ -224,6 +225,7 @@ impl Data {
 pub struct TaskStarted {
     /// Time the task waited in a queue before it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub queue_ms: Option<f64>,
 }
 
@@ -231,9 +233,11 @@ pub struct TaskStarted {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskCompleted {
     /// End-to-end latency of the task.
+    #[schemars(range(min = 0))]
     pub latency_ms: f64,
     /// Time to the first token, when streaming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub ttft_ms: Option<f64>,
     /// Whether the task succeeded.
     pub success: bool,
@@ -251,9 +255,11 @@ pub struct TaskCompleted {
     pub tool_calls: Option<u64>,
     /// CPU time spent by the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub cpu_ms: Option<f64>,
     /// Peak memory of the agent in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub memory_mb: Option<f64>,
 }
 
@@ -288,11 +294,13 @@ pub struct RoutingDecision {
     pub candidates: Vec<Candidate>,
     /// Propensity of the chosen arm; absent means deterministic (unusable off-policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
     pub probability: Option<f64>,
     /// Decision-time context (string or number values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, Feature>,
     /// Time the router took to decide.
+    #[schemars(range(min = 0))]
     pub decision_ms: f64,
 }
 
@@ -316,6 +324,7 @@ pub struct Candidate {
     pub score: f64,
     /// The probability with which the router would have chosen this arm (0..1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
     pub probability: Option<f64>,
 }
 
@@ -334,12 +343,14 @@ pub struct Judgment {
     /// The model that judged.
     pub judge_model: ModelRef,
     /// The overall score, 0..1.
+    #[schemars(range(min = 0, max = 1))]
     pub score: f64,
     /// Per-criterion scores, 0..1.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub criteria: BTreeMap<String, f64>,
     /// The judge's confidence, 0..1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
     pub confidence: Option<f64>,
     /// Whether the result passed the judge's bar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +370,7 @@ pub struct Minimality {
     /// Files the change touched.
     pub files_changed: u64,
     /// Minimality score, 0..1 (1 = minimal).
+    #[schemars(range(min = 0, max = 1))]
     pub score: f64,
 }
 
@@ -385,8 +397,10 @@ pub struct Validation {
     #[serde(default)]
     pub violations: Vec<Violation>,
     /// Compliance score, 0..1.
+    #[schemars(range(min = 0, max = 1))]
     pub compliance_score: f64,
     /// Time the validator took.
+    #[schemars(range(min = 0))]
     pub duration_ms: f64,
 }
 
