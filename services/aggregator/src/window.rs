@@ -1,0 +1,466 @@
+//! One series in one window: what a partition owner folds events into, what partials carry to
+//! the finaliser, and what the finaliser merges across partitions and rolls up from `1m` to `1h`.
+//!
+//! Everything here merges exactly (counts, sums, the sketch's bins, Welford's `{mean, m2, n}` by
+//! Chan's formula), so merging the partials of all partitions gives the same window as folding
+//! every event into one accumulator, in any order.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use modelperf_schema::messages::WindowMetrics;
+use modelperf_schema::{CostStatus, Data, Event};
+use modelperf_sketch::Sketch;
+use serde::{Deserialize, Serialize};
+
+/// The default group-by of the contract.
+pub const DEFAULT_GROUP_BY: [Dim; 6] =
+    [Dim::Kind, Dim::Provider, Dim::Model, Dim::ModelVersion, Dim::TaskType, Dim::Tenant];
+
+/// A dimension of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dim {
+    /// The event kind.
+    Kind,
+    /// `model.provider` (the billing API).
+    Provider,
+    /// `model.name`.
+    Model,
+    /// `model.version`.
+    ModelVersion,
+    /// `task_type`.
+    TaskType,
+    /// `tenant`.
+    Tenant,
+}
+
+impl Dim {
+    /// The tag name in InfluxDB and the key in `dims`.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Dim::Kind => "kind",
+            Dim::Provider => "provider",
+            Dim::Model => "model",
+            Dim::ModelVersion => "model_version",
+            Dim::TaskType => "task_type",
+            Dim::Tenant => "tenant",
+        }
+    }
+
+    fn of(self, e: &Event) -> Option<String> {
+        // A judgment's `model` is the judged model: its quality belongs to that model's series.
+        let model = e.model.as_ref();
+        match self {
+            Dim::Kind => Some(e.kind().as_str().to_owned()),
+            Dim::Provider => model.map(|m| m.provider.clone()),
+            Dim::Model => model.map(|m| m.name.clone()),
+            Dim::ModelVersion => model.and_then(|m| m.version.clone()),
+            Dim::TaskType => e.task_type.clone(),
+            Dim::Tenant => e.tenant.clone(),
+        }
+    }
+}
+
+/// The series of an event under a group-by: the dimensions it has (a missing one is omitted).
+pub fn series_of(e: &Event, group_by: &[Dim]) -> BTreeMap<String, String> {
+    group_by.iter().filter_map(|d| d.of(e).map(|v| (d.tag().to_owned(), v))).collect()
+}
+
+/// Welford's running mean and sum of squared deviations; merged with Chan's formula.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    /// Observations.
+    pub n: u64,
+    /// Their mean.
+    pub mean: f64,
+    /// Sum of squared deviations from the mean.
+    pub m2: f64,
+}
+
+impl Moments {
+    /// Adds one observation.
+    pub fn add(&mut self, x: f64) {
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    /// Merges another set of observations.
+    pub fn merge(&mut self, o: &Moments) {
+        if o.n == 0 {
+            return;
+        }
+        if self.n == 0 {
+            *self = *o;
+            return;
+        }
+        let n = self.n + o.n;
+        let delta = o.mean - self.mean;
+        self.mean += delta * o.n as f64 / n as f64;
+        self.m2 += o.m2 + delta * delta * (self.n as f64 * o.n as f64) / n as f64;
+        self.n = n;
+    }
+
+    /// The sample variance (n − 1), when there are two observations or more.
+    pub fn variance(&self) -> Option<f64> {
+        (self.n >= 2).then(|| self.m2 / (self.n - 1) as f64)
+    }
+}
+
+/// What one series accumulates in one window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Accumulator {
+    /// Events seen.
+    pub count: u64,
+    /// Events represented (each weighted by `1/sample_rate`).
+    pub weighted_count: f64,
+    /// Successful and failed completions (unweighted).
+    pub success: u64,
+    #[allow(missing_docs)]
+    pub failure: u64,
+    /// Weighted successful and all completions, for the weighted success rate.
+    pub success_weighted: f64,
+    #[allow(missing_docs)]
+    pub completions_weighted: f64,
+    /// Latency of completions (weighted), in the DataDog encoding when serialised.
+    #[serde(with = "sketch_bytes")]
+    pub latency: Sketch,
+    /// Exact latency extremes and weighted sum: the encoding keeps only the bins, and these must
+    /// survive a partial's trip to the finaliser unchanged.
+    pub latency_min: Option<f64>,
+    #[allow(missing_docs)]
+    pub latency_max: Option<f64>,
+    #[allow(missing_docs)]
+    pub latency_sum: f64,
+    /// Weighted token sums.
+    pub tokens_input: f64,
+    #[allow(missing_docs)]
+    pub tokens_output: f64,
+    /// Weighted cost of priced events, and whether any was priced.
+    pub cost_usd: f64,
+    #[allow(missing_docs)]
+    pub priced: u64,
+    /// Events that needed a price and had none.
+    pub unpriced: u64,
+    /// Judgment scores (unweighted: statistical tests use the real sample sizes).
+    pub quality: Moments,
+    /// Kind-specific weighted sums.
+    pub sums: BTreeMap<String, f64>,
+}
+
+/// The weight of an event: `1/sample_rate` (1 without a rate, and never below 1).
+pub fn weight_of(e: &Event) -> f64 {
+    match e.sample_rate {
+        Some(r) if r > 0.0 && r <= 1.0 => 1.0 / r,
+        _ => 1.0,
+    }
+}
+
+impl Accumulator {
+    /// Folds one event in.
+    pub fn add(&mut self, e: &Event) {
+        let w = weight_of(e);
+        self.count += 1;
+        self.weighted_count += w;
+        if let Some(cost) = &e.cost {
+            match (cost.usd, cost.status) {
+                (Some(usd), _) if usd.is_finite() => {
+                    self.cost_usd += usd * w;
+                    self.priced += 1;
+                }
+                (_, Some(CostStatus::Unpriced | CostStatus::UnknownTokens)) | (_, None) => self.unpriced += 1,
+            }
+        }
+        if let Some(t) = e.data.tokens() {
+            self.tokens_input += t.input as f64 * w;
+            self.tokens_output += t.output as f64 * w;
+        }
+        match &e.data {
+            Data::TaskCompleted(d) => {
+                self.completions_weighted += w;
+                if d.success {
+                    self.success += 1;
+                    self.success_weighted += w;
+                } else {
+                    self.failure += 1;
+                }
+                if d.latency_ms.is_finite() && d.latency_ms >= 0.0 {
+                    self.latency.add_weighted(d.latency_ms, w);
+                    self.latency_min = Some(self.latency_min.map_or(d.latency_ms, |m| m.min(d.latency_ms)));
+                    self.latency_max = Some(self.latency_max.map_or(d.latency_ms, |m| m.max(d.latency_ms)));
+                    self.latency_sum += d.latency_ms * w;
+                }
+                self.sum("retries", d.retries.map(|r| r as f64), w);
+                self.sum("tool_calls", d.tool_calls.map(|r| r as f64), w);
+            }
+            Data::Judgment(d) => {
+                self.quality.add(d.score);
+                self.sum("judgment_passed", d.passed.map(|p| f64::from(u8::from(p))), w);
+            }
+            Data::Minimality(d) => {
+                self.sum("lines_added", Some(d.lines_added as f64), w);
+                self.sum("lines_removed", Some(d.lines_removed as f64), w);
+                self.sum("minimality_score", Some(d.score), w);
+            }
+            Data::ThinkingBudget(d) => {
+                self.sum("budget_tokens", Some(d.budget_tokens as f64), w);
+                self.sum("used_tokens", Some(d.used_tokens as f64), w);
+                self.sum("budget_exhausted", Some(f64::from(u8::from(d.exhausted))), w);
+            }
+            Data::Validation(d) => {
+                self.sum("invalid", Some(f64::from(u8::from(!d.valid))), w);
+                self.sum("violations", Some(d.violations.len() as f64), w);
+                self.sum("compliance_score", Some(d.compliance_score), w);
+            }
+            Data::RoutingDecision(d) => self.sum("decision_ms", Some(d.decision_ms), w),
+            Data::TaskStarted(d) => self.sum("queue_ms", d.queue_ms, w),
+            Data::AgentStatus(_) | Data::Custom(_) => {}
+        }
+    }
+
+    fn sum(&mut self, name: &str, value: Option<f64>, w: f64) {
+        if let Some(v) = value.filter(|v| v.is_finite()) {
+            *self.sums.entry(name.to_owned()).or_insert(0.0) += v * w;
+        }
+    }
+
+    /// Merges another accumulator of the same series and window.
+    pub fn merge(&mut self, o: &Accumulator) -> Result<(), modelperf_sketch::SketchError> {
+        self.latency.merge(&o.latency)?;
+        self.latency_min = match (self.latency_min, o.latency_min) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.latency_max = match (self.latency_max, o.latency_max) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.latency_sum += o.latency_sum;
+        self.count += o.count;
+        self.weighted_count += o.weighted_count;
+        self.success += o.success;
+        self.failure += o.failure;
+        self.success_weighted += o.success_weighted;
+        self.completions_weighted += o.completions_weighted;
+        self.tokens_input += o.tokens_input;
+        self.tokens_output += o.tokens_output;
+        self.cost_usd += o.cost_usd;
+        self.priced += o.priced;
+        self.unpriced += o.unpriced;
+        self.quality.merge(&o.quality);
+        for (k, v) in &o.sums {
+            *self.sums.entry(k.clone()).or_insert(0.0) += v;
+        }
+        Ok(())
+    }
+
+    /// A weighted latency quantile (DDSketch, 1 % relative accuracy), kept within the exact
+    /// extremes.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        let v = self.latency.quantile(q)?;
+        Some(match (self.latency_min, self.latency_max) {
+            (Some(lo), Some(hi)) => v.clamp(lo, hi),
+            _ => v,
+        })
+    }
+
+    /// The metrics message of this window. Fields without data are `None` (and are then not
+    /// written); non-finite values never leave here.
+    pub fn metrics(
+        &self,
+        window: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        revision: u32,
+        dims: BTreeMap<String, String>,
+    ) -> WindowMetrics {
+        let finite = |v: Option<f64>| v.filter(|x| x.is_finite());
+        let q = |p: f64| finite(self.latency_quantile(p));
+        let has_quality = self.quality.n > 0;
+        WindowMetrics {
+            window: window.to_owned(),
+            start,
+            end,
+            revision,
+            dims,
+            count: self.count,
+            weighted_count: self.weighted_count,
+            success: self.success,
+            failure: self.failure,
+            success_rate: finite(
+                (self.completions_weighted > 0.0).then(|| self.success_weighted / self.completions_weighted),
+            ),
+            latency_p50_ms: q(0.5),
+            latency_p90_ms: q(0.9),
+            latency_p95_ms: q(0.95),
+            latency_p99_ms: q(0.99),
+            latency_max_ms: finite(self.latency_max),
+            latency_mean_ms: finite(
+                (self.completions_weighted > 0.0 && !self.latency.is_empty())
+                    .then(|| self.latency_sum / self.latency.count()),
+            ),
+            tokens_input: self.tokens_input.round() as u64,
+            tokens_output: self.tokens_output.round() as u64,
+            cost_usd: finite((self.priced > 0).then_some(self.cost_usd)),
+            unpriced: self.unpriced,
+            quality_mean: finite(has_quality.then_some(self.quality.mean)),
+            quality_m2: finite(has_quality.then_some(self.quality.m2)),
+            quality_n: self.quality.n,
+            sums: self.sums.iter().filter(|(_, v)| v.is_finite()).map(|(k, v)| (k.clone(), *v)).collect(),
+            latency_sketch: if self.latency.is_empty() { Vec::new() } else { self.latency.to_bytes() },
+        }
+    }
+}
+
+/// The sketch travels in its DataDog binary encoding.
+mod sketch_bytes {
+    use modelperf_sketch::Sketch;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(sketch: &Sketch, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&sketch.to_bytes())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sketch, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        Sketch::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use modelperf_schema::{Cost, Judgment, ModelRef, TaskCompleted, Tokens};
+    use proptest::prelude::*;
+
+    fn completion(latency_ms: f64, success: bool, rate: f64, usd: Option<f64>) -> Event {
+        let mut e = Event::new(
+            Utc::now(),
+            "t",
+            Data::TaskCompleted(TaskCompleted {
+                latency_ms,
+                ttft_ms: None,
+                success,
+                error_kind: None,
+                tokens: Some(Tokens { input: 100, output: 10, ..Tokens::default() }),
+                retries: Some(1),
+                tool_calls: None,
+                cpu_ms: None,
+                memory_mb: None,
+            }),
+        );
+        e.model = Some(ModelRef::new("openai", "gpt-4o"));
+        e.task_type = Some("code_edit".into());
+        e.sample_rate = Some(rate);
+        e.cost = Some(match usd {
+            Some(v) => Cost::priced(v, "p"),
+            None => Cost::missing(CostStatus::Unpriced),
+        });
+        e
+    }
+
+    fn judgment(score: f64) -> Event {
+        let mut e = Event::new(
+            Utc::now(),
+            "t",
+            Data::Judgment(Judgment {
+                judge_model: ModelRef::new("openai", "gpt-4.1"),
+                score,
+                criteria: BTreeMap::new(),
+                confidence: None,
+                passed: Some(score > 0.5),
+                tokens: None,
+            }),
+        );
+        e.model = Some(ModelRef::new("openai", "gpt-4o"));
+        e
+    }
+
+    #[test]
+    fn weights_counts_and_rates() {
+        let mut a = Accumulator::default();
+        a.add(&completion(100.0, true, 0.5, Some(0.01)));
+        a.add(&completion(300.0, false, 1.0, None));
+        assert_eq!((a.count, a.success, a.failure), (2, 1, 1));
+        assert_eq!(a.weighted_count, 3.0);
+        let m =
+            a.metrics("1m", Utc::now(), Utc::now(), 0, series_of(&completion(1.0, true, 1.0, None), &DEFAULT_GROUP_BY));
+        assert_eq!(m.success_rate, Some(2.0 / 3.0), "weighted: 2 of 3 represented completions");
+        assert_eq!(m.cost_usd, Some(0.02));
+        assert_eq!(m.unpriced, 1);
+        assert_eq!(m.tokens_input, 300);
+        assert_eq!(m.sums["retries"], 3.0);
+        assert_eq!(m.dims["model"], "gpt-4o");
+        assert!(!m.dims.contains_key("tenant"), "missing dimensions are omitted");
+        assert!(!m.latency_sketch.is_empty());
+        // Lower weighted quantile: 100 ms carries 2 of the 3 represented completions.
+        let p99 = m.latency_p99_ms.unwrap();
+        assert!((p99 - 100.0).abs() <= 1.0, "{p99}");
+        assert_eq!(m.latency_max_ms, Some(300.0));
+        assert!((m.latency_mean_ms.unwrap() - 500.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn empty_fields_stay_empty() {
+        let mut a = Accumulator::default();
+        a.add(&judgment(0.8));
+        let m = a.metrics("1m", Utc::now(), Utc::now(), 0, BTreeMap::new());
+        assert_eq!(m.success_rate, None);
+        assert_eq!(m.latency_p50_ms, None);
+        assert_eq!(m.cost_usd, None);
+        assert!(m.latency_sketch.is_empty());
+        assert_eq!((m.quality_n, m.quality_mean), (1, Some(0.8)));
+    }
+
+    proptest! {
+        #[test]
+        fn merging_partials_equals_folding_everything(
+            events in proptest::collection::vec((0.1f64..60_000.0, any::<bool>(), 1u32..5, 0.0f64..1.0), 1..200),
+            split in 0usize..200,
+        ) {
+            let evs: Vec<Event> = events
+                .iter()
+                .map(|(lat, ok, k, q)| if *k == 4 { judgment(*q) } else { completion(*lat, *ok, 1.0 / f64::from(*k), Some(lat / 1e6)) })
+                .collect();
+            let split = split.min(evs.len());
+            let (mut whole, mut left, mut right) = (Accumulator::default(), Accumulator::default(), Accumulator::default());
+            for e in &evs { whole.add(e); }
+            for e in &evs[..split] { left.add(e); }
+            for e in &evs[split..] { right.add(e); }
+            right.merge(&left).unwrap();
+            prop_assert_eq!(whole.count, right.count);
+            prop_assert_eq!(whole.success, right.success);
+            prop_assert!((whole.weighted_count - right.weighted_count).abs() < 1e-9);
+            prop_assert!((whole.cost_usd - right.cost_usd).abs() < 1e-9);
+            prop_assert_eq!(whole.quality.n, right.quality.n);
+            prop_assert!((whole.quality.mean - right.quality.mean).abs() < 1e-9);
+            prop_assert!((whole.quality.m2 - right.quality.m2).abs() < 1e-6);
+            for p in [0.5, 0.9, 0.99] {
+                prop_assert_eq!(whole.latency_quantile(p), right.latency_quantile(p));
+            }
+            prop_assert_eq!(whole.latency_min, right.latency_min);
+            prop_assert_eq!(whole.latency_max, right.latency_max);
+            // And through the wire: the partial survives MessagePack with its sketch.
+            let bytes = rmp_serde::to_vec_named(&right).unwrap();
+            let back: Accumulator = rmp_serde::from_slice(&bytes).unwrap();
+            for p in [0.0, 0.5, 0.9, 0.99, 1.0] {
+                prop_assert_eq!(back.latency_quantile(p), right.latency_quantile(p));
+            }
+            prop_assert_eq!(back.latency_max, right.latency_max);
+        }
+    }
+
+    #[test]
+    fn welford_matches_the_textbook_variance() {
+        let xs = [0.2, 0.4, 0.9, 0.5, 0.7];
+        let mut m = Moments::default();
+        xs.iter().for_each(|x| m.add(*x));
+        let mean = xs.iter().sum::<f64>() / 5.0;
+        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 4.0;
+        assert!((m.mean - mean).abs() < 1e-12);
+        assert!((m.variance().unwrap() - var).abs() < 1e-12);
+    }
+}
