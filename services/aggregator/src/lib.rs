@@ -3,6 +3,8 @@
 //! the finaliser and the InfluxDB writer follow.
 //!
 //! Layout:
-//! - [`window`]: one series in one window — folding events, merging partials, the metrics message.
+//! - [`window`]: one series in one window — folding events, merging partials, the metrics message;
+//! - [`windows`]: a partition's event-time windows, watermark, revisions and `too_late`.
 
 pub mod window;
+pub mod windows;
