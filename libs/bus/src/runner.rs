@@ -185,6 +185,8 @@ pub async fn run<H: Handler>(
         let mut request_done = false;
         let step = (cfg.ack_wait / 3).max(Duration::from_millis(100));
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
+        // After a quiet stretch, one progress ack, not a burst of missed ones.
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if !held.is_empty() && in_flight.len() < cfg.in_flight_batches.max(1) {
                 let msgs = std::mem::take(&mut held);
