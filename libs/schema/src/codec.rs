@@ -197,7 +197,8 @@ fn classify_data_error(msg: &str) -> ErrorCode {
 
 fn path_of(path: &serde_path_to_error::Path) -> String {
     let s = path.to_string();
-    if s == "." { String::new() } else { s }
+    // `.` is the body itself, `?` a position serde cannot name: no field either way.
+    if s == "." || s == "?" { String::new() } else { s }
 }
 
 fn strip_position(msg: &str) -> String {

@@ -84,6 +84,12 @@ fn reasons_name_the_field() {
     .unwrap_err();
     assert_eq!(err.code, ErrorCode::Schema);
     assert!(err.reason.contains("success"), "{}", err.reason);
+
+    // A position serde cannot name is no field: the reason does not start with `?`.
+    let err = decode_event(b"{not json", None).unwrap_err();
+    assert_eq!(err.code, ErrorCode::Decode);
+    assert_eq!(err.field, "");
+    assert!(!err.reason.starts_with('?'), "{}", err.reason);
 }
 
 #[test]

@@ -74,14 +74,6 @@ impl Collector {
     }
 }
 
-/// The dead letter's reason, starting with the field it is about (once).
-fn reason_naming_field(field: &str, reason: String) -> String {
-    // serde names an unknown position `?`; say nothing rather than that.
-    let field = field.trim_start_matches('?').trim_start_matches('.');
-    let reason = reason.strip_prefix("?: ").map(str::to_owned).unwrap_or(reason);
-    if field.is_empty() || reason.starts_with(field) { reason } else { format!("{field}: {reason}") }
-}
-
 /// A DLQ replay: `Modelperf-Replay: <seq>` together with `Nats-Msg-Id: replay:<seq>`, as
 /// `modelperf dlq replay` sends it. The header alone does not exempt an event from the age rule.
 fn is_replay(msg: &Incoming<'_>) -> bool {
@@ -122,8 +114,8 @@ impl Handler for Collector {
             Ok(None) => return Ok(Vec::new()),
             Err(err) => {
                 self.counters.rejected(err.code);
-                let reason = reason_naming_field(&err.field, err.reason);
-                return Err(Failure::Terminate { code: err.code, reason });
+                // The reason already starts with the field it is about.
+                return Err(Failure::Terminate { code: err.code, reason: err.reason });
             }
         };
         let body = match modelperf_schema::to_msgpack(&event) {
