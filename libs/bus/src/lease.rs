@@ -50,6 +50,15 @@ impl Leases {
         Ok(entry.filter(|e| e.operation == kv::Operation::Put).map(|e| String::from_utf8_lossy(&e.value).into_owned()))
     }
 
+    /// How many live keys start with `prefix` (e.g. the members of a service that each hold
+    /// `<service>.member.<instance>`).
+    pub async fn count(&self, prefix: &str) -> Result<usize, BusError> {
+        use futures::TryStreamExt;
+        let keys = self.kv.keys().await.map_err(|e| BusError::js("list leases", e))?;
+        let keys: Vec<String> = keys.try_collect().await.map_err(|e| BusError::js("list leases", e))?;
+        Ok(keys.iter().filter(|k| k.starts_with(prefix)).count())
+    }
+
     /// Takes `key` if it is free. `Ok(None)` when someone else holds it.
     pub async fn try_acquire(&self, key: &str) -> Result<Option<Lease>, BusError> {
         match self.kv.create(key, Bytes::from(self.instance.clone())).await {

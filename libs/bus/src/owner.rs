@@ -1,11 +1,17 @@
 //! The loop of a stateful partition owner: apply → publish → checkpoint → ack-all.
 //!
 //! Owners never hold acks for the life of a window or join. Every `checkpoint_interval` the
-//! loop waits for the publish acks of everything emitted so far, writes the checkpoint (state or
-//! replay position, and the last applied sequence), and only then acknowledges up to that
-//! sequence with one ack on its ack-all consumer. After a crash the new owner recreates the
-//! durable consumer at the checkpointed position, so nothing checkpointed is applied twice and
-//! nothing after it is lost; outputs re-emitted from the replay carry the same `Nats-Msg-Id`.
+//! loop waits for the publish acks of everything emitted so far, asks the owner what time has
+//! closed, writes the checkpoint (state or replay position, and the last applied sequence), and
+//! only then acknowledges up to that sequence with one ack on its ack-all consumer.
+//!
+//! What a tick closes is decided by the wall clock, which a replay cannot reproduce; so the
+//! decision is checkpointed *before* its outputs are published, and a successor that finds a
+//! decided but unpublished close rebuilds and publishes exactly it again, under the same
+//! `Nats-Msg-Id`s. After a crash the new owner recreates the durable consumer at the
+//! checkpoint's replay position: messages up to the checkpointed sequence only rebuild state
+//! ([`PartitionOwner::replay`]), later ones are applied; nothing checkpointed is applied twice
+//! and nothing after it is lost.
 
 use std::time::Duration;
 
@@ -24,13 +30,22 @@ use crate::topology::Topology;
 
 /// A service's state for one partition (or role).
 pub trait PartitionOwner: Send {
+    /// Re-applies a message at or before the checkpointed sequence, to rebuild state that the
+    /// checkpoint holds only as a replay position. Its outputs were published before.
+    fn replay(&mut self, _msg: &Incoming<'_>) {}
+
     /// Applies one message; the outputs are published before the next checkpoint.
     fn apply(&mut self, msg: &Incoming<'_>) -> Result<Vec<Outgoing>, Failure>;
 
-    /// Called before each checkpoint (and when idle): emit what time has closed.
-    fn tick(&mut self) -> Vec<Outgoing> {
+    /// Called at each checkpoint once the state is rebuilt: decide what time has closed.
+    /// `caught_up` says the consumer had nothing pending. The outputs are published after a
+    /// checkpoint that records the decision, then [`PartitionOwner::published`] is called.
+    fn tick(&mut self, _caught_up: bool) -> Vec<Outgoing> {
         Vec::new()
     }
+
+    /// Everything `tick` returned is stored.
+    fn published(&mut self) {}
 
     /// The checkpoint to write, given the last applied sequence.
     fn checkpoint(&self, applied_seq: u64) -> Checkpoint;
@@ -80,11 +95,20 @@ pub async fn run_owner<O: PartitionOwner>(
     stop: CancellationToken,
     lease_lost: CancellationToken,
 ) -> Result<u64, BusError> {
+    let pending = consumer.get_info().await.map(|i| i.num_pending).unwrap_or(0);
     let mut messages = pull_batches(&consumer, cfg.fetch_batch, &cfg.stage).await?;
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut state =
-        Progress { applied_seq: resume_after, checkpointed_seq: resume_after, acks: Vec::new(), last: None };
+    let mut state = Progress {
+        applied_seq: resume_after,
+        checkpointed_seq: resume_after,
+        replay_until: resume_after,
+        replayed_seq: 0,
+        seen_seq: 0,
+        pending,
+        acks: Vec::new(),
+        last: None,
+    };
     loop {
         tokio::select! {
             biased;
@@ -116,6 +140,13 @@ pub async fn run_owner<O: PartitionOwner>(
 struct Progress {
     applied_seq: u64,
     checkpointed_seq: u64,
+    /// Messages up to here only rebuild state.
+    replay_until: u64,
+    replayed_seq: u64,
+    /// The highest sequence received.
+    seen_seq: u64,
+    /// Messages pending on the consumer after the last one received.
+    pending: u64,
     acks: Vec<PublishAckFuture>,
     last: Option<Message>,
 }
@@ -131,10 +162,8 @@ impl Progress {
         let info =
             msg.info().map_err(|e| BusError::Corrupt { what: "message metadata".into(), reason: e.to_string() })?;
         let (stream, seq, delivered) = (info.stream.to_owned(), info.stream_sequence, info.delivered);
-        if seq <= self.applied_seq {
-            // A redelivery of something already applied (e.g. after an ack was lost).
-            return Ok(());
-        }
+        self.pending = info.pending;
+        self.seen_seq = self.seen_seq.max(seq);
         let incoming = Incoming {
             subject: &msg.subject,
             headers: msg.headers.as_ref(),
@@ -143,6 +172,17 @@ impl Progress {
             seq,
             delivered,
         };
+        if seq <= self.applied_seq {
+            if seq <= self.replay_until && seq > self.replayed_seq {
+                // Rebuilding from the changelog: state only, the outputs are stored already.
+                owner.replay(&incoming);
+                self.replayed_seq = seq;
+                // Acknowledged at the next tick, or a long replay would fill max_ack_pending.
+                self.last = Some(msg);
+            }
+            // Otherwise a redelivery of something already applied (e.g. after a lost ack).
+            return Ok(());
+        }
         let outputs = match owner.apply(&incoming) {
             Ok(outputs) => outputs,
             Err(Failure::Terminate { code, reason }) => {
@@ -167,13 +207,28 @@ impl Progress {
         store: &mut CheckpointStore,
         owner: &mut O,
     ) -> Result<(), BusError> {
-        for out in owner.tick() {
-            self.acks.push(send(js, out).await?);
+        self.await_acks().await?;
+        let rebuilding = self.seen_seq < self.replay_until && self.pending > 0;
+        if rebuilding {
+            // Part of the state is still in the replay: deciding now would close too little.
+            // What was replayed is covered by the checkpoint already.
+            if self.applied_seq == self.checkpointed_seq
+                && let Some(last) = self.last.take()
+            {
+                let _ = last.ack().await;
+            }
+            return Ok(());
         }
-        for ack in self.acks.drain(..) {
-            ack.await.map_err(|e| BusError::Publish { subject: String::new(), reason: e.to_string() })?;
-        }
-        if self.applied_seq == self.checkpointed_seq {
+        let outputs = owner.tick(self.pending == 0);
+        if !outputs.is_empty() {
+            // The decision first, so a successor publishes the same outputs again.
+            store.save(&owner.checkpoint(self.applied_seq)).await?;
+            for out in outputs {
+                self.acks.push(send(js, out).await?);
+            }
+            self.await_acks().await?;
+            owner.published();
+        } else if self.applied_seq == self.checkpointed_seq {
             return Ok(());
         }
         store.save(&owner.checkpoint(self.applied_seq)).await?;
@@ -185,6 +240,13 @@ impl Progress {
             }
         }
         metrics::counter!("modelperf_owner_checkpoints_total", "key" => store.key().to_owned()).increment(1);
+        Ok(())
+    }
+
+    async fn await_acks(&mut self) -> Result<(), BusError> {
+        for ack in self.acks.drain(..) {
+            ack.await.map_err(|e| BusError::Publish { subject: String::new(), reason: e.to_string() })?;
+        }
         Ok(())
     }
 }

@@ -38,6 +38,8 @@ pub mod buckets {
     pub const LEASES: &str = "modelperf_leases";
     pub const STATE: &str = "modelperf_state";
     pub const RL_LEDGER: &str = "modelperf_rl_ledger";
+    /// Finalised windows the aggregator's revisions add to (kept a day).
+    pub const WINDOWS: &str = "modelperf_windows";
     pub const REPORTS: &str = "modelperf_reports";
 }
 
@@ -212,6 +214,7 @@ impl Topology {
                 used_by: &[Aggregator, RlPipeline, Analyzer, Monitor],
             },
             BucketSpec { name: buckets::RL_LEDGER, max_age: 30 * DAY, used_by: &[RlPipeline] },
+            BucketSpec { name: buckets::WINDOWS, max_age: DAY, used_by: &[Aggregator] },
         ];
         Self { streams, consumers, buckets, reports_used_by: &[Analyzer], bus: bus.clone(), replicas: replicas.max(1) }
     }

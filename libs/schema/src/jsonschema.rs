@@ -15,6 +15,7 @@ pub fn all_schemas() -> Vec<(&'static str, Schema)> {
     vec![
         ("event.v1", schema_of::<Event>()),
         ("metrics.v1", schema_of::<WindowMetrics>()),
+        ("partial.v1", schema_of::<Partial>()),
         ("anomaly.v1", schema_of::<Anomaly>()),
         ("insight.v1", schema_of::<Insight>()),
         ("alert.v1", schema_of::<Alert>()),

@@ -89,6 +89,106 @@ pub struct WindowMetrics {
     pub latency_sketch: Vec<u8>,
 }
 
+/// What one series accumulated in one window: every field merges exactly (sums, the sketch's
+/// bins, `{mean, m2, n}` by Chan's formula), so partials of several partitions, or of several
+/// `1m` windows, merge into the state of their union.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WindowState {
+    /// Events seen.
+    pub count: u64,
+    /// Events represented, each weighted by `1/sample_rate`.
+    pub weighted_count: f64,
+    /// Successful and failed completions (unweighted).
+    #[serde(default)]
+    pub success: u64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub failure: u64,
+    /// Weighted successful completions and weighted completions.
+    #[serde(default)]
+    pub success_weighted: f64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub completions_weighted: f64,
+    /// The weighted latency DDSketch (DataDog encoding, relative accuracy 1 %).
+    #[serde(default, with = "serde_bytes", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(with = "Vec<u8>")]
+    pub latency_sketch: Vec<u8>,
+    /// Exact latency extremes and weighted sum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[allow(missing_docs)]
+    pub latency_max: Option<f64>,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub latency_sum: f64,
+    /// Weighted token sums.
+    #[serde(default)]
+    pub tokens_input: f64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub tokens_output: f64,
+    /// Weighted cost of priced events, and how many were priced.
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub priced: u64,
+    /// Events that needed a price and had none.
+    #[serde(default)]
+    pub unpriced: u64,
+    /// Judgment scores (unweighted): count, mean, sum of squared deviations.
+    #[serde(default)]
+    pub quality_n: u64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub quality_mean: f64,
+    #[serde(default)]
+    #[allow(missing_docs)]
+    pub quality_m2: f64,
+    /// Kind-specific weighted sums.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sums: BTreeMap<String, f64>,
+}
+
+/// A message of a partition owner to the finaliser (`perf.partials.<window>.<p>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // decoded one at a time, never stored in bulk
+pub enum Partial {
+    /// One series of one closed window of one partition.
+    Window {
+        /// The window length, e.g. `1m`.
+        window: String,
+        /// The partition.
+        partition: u32,
+        /// Window start (UTC).
+        #[serde(with = "ts")]
+        #[schemars(with = "String")]
+        start: DateTime<Utc>,
+        /// The series.
+        dims: BTreeMap<String, String>,
+        /// `false`: the partition's share of the window when it closed. `true`: late events
+        /// for a window the partition had already closed, to add to what was published.
+        revision: bool,
+        /// What the series accumulated.
+        state: WindowState,
+    },
+    /// The partition's progress: every window of this length ending at or before
+    /// `final_through` is closed and its partials precede this message in the stream.
+    Watermark {
+        /// The window length.
+        window: String,
+        /// The partition.
+        partition: u32,
+        /// Closed through here (UTC).
+        #[serde(with = "ts")]
+        #[schemars(with = "String")]
+        final_through: DateTime<Utc>,
+    },
+}
+
 /// Types of anomaly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

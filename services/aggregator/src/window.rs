@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use modelperf_schema::messages::WindowMetrics;
+use modelperf_schema::messages::{WindowMetrics, WindowState};
 use modelperf_schema::{CostStatus, Data, Event};
 use modelperf_sketch::Sketch;
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,31 @@ impl Dim {
     }
 }
 
+impl std::str::FromStr for Dim {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        DEFAULT_GROUP_BY.into_iter().find(|d| d.tag() == s.trim()).ok_or_else(|| {
+            let known: Vec<&str> = DEFAULT_GROUP_BY.iter().map(|d| d.tag()).collect();
+            format!("unknown dimension `{s}`; known: {}", known.join(", "))
+        })
+    }
+}
+
+/// A stable hash of a series (16 hex digits of SHA-256 over `key=value\n` in key order): part
+/// of the `Nats-Msg-Id` of partials and metrics, and of the finalised-window keys.
+pub fn series_hash(dims: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in dims {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    hex::encode(&h.finalize()[..8])
+}
+
 /// The series of an event under a group-by: the dimensions it has (a missing one is omitted).
 pub fn series_of(e: &Event, group_by: &[Dim]) -> BTreeMap<String, String> {
     group_by.iter().filter_map(|d| d.of(e).map(|v| (d.tag().to_owned(), v))).collect()
@@ -110,7 +135,7 @@ impl Moments {
 }
 
 /// What one series accumulates in one window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Accumulator {
     /// Events seen.
     pub count: u64,
@@ -125,7 +150,6 @@ pub struct Accumulator {
     #[allow(missing_docs)]
     pub completions_weighted: f64,
     /// Latency of completions (weighted), in the DataDog encoding when serialised.
-    #[serde(with = "sketch_bytes")]
     pub latency: Sketch,
     /// Exact latency extremes and weighted sum: the encoding keeps only the bins, and these must
     /// survive a partial's trip to the finaliser unchanged.
@@ -314,18 +338,54 @@ impl Accumulator {
     }
 }
 
-/// The sketch travels in its DataDog binary encoding.
-mod sketch_bytes {
-    use modelperf_sketch::Sketch;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(sketch: &Sketch, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&sketch.to_bytes())
+impl Accumulator {
+    /// The wire form of a partial (`WindowState`), with the sketch in its DataDog encoding.
+    pub fn to_state(&self) -> WindowState {
+        WindowState {
+            count: self.count,
+            weighted_count: self.weighted_count,
+            success: self.success,
+            failure: self.failure,
+            success_weighted: self.success_weighted,
+            completions_weighted: self.completions_weighted,
+            latency_sketch: if self.latency.is_empty() { Vec::new() } else { self.latency.to_bytes() },
+            latency_min: self.latency_min,
+            latency_max: self.latency_max,
+            latency_sum: self.latency_sum,
+            tokens_input: self.tokens_input,
+            tokens_output: self.tokens_output,
+            cost_usd: self.cost_usd,
+            priced: self.priced,
+            unpriced: self.unpriced,
+            quality_n: self.quality.n,
+            quality_mean: self.quality.mean,
+            quality_m2: self.quality.m2,
+            sums: self.sums.clone(),
+        }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sketch, D::Error> {
-        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-        Sketch::from_bytes(&bytes).map_err(serde::de::Error::custom)
+    /// Back from the wire; fails only on a sketch that does not decode.
+    pub fn from_state(s: &WindowState) -> Result<Self, modelperf_sketch::SketchError> {
+        let latency = if s.latency_sketch.is_empty() { Sketch::new() } else { Sketch::from_bytes(&s.latency_sketch)? };
+        Ok(Self {
+            count: s.count,
+            weighted_count: s.weighted_count,
+            success: s.success,
+            failure: s.failure,
+            success_weighted: s.success_weighted,
+            completions_weighted: s.completions_weighted,
+            latency,
+            latency_min: s.latency_min,
+            latency_max: s.latency_max,
+            latency_sum: s.latency_sum,
+            tokens_input: s.tokens_input,
+            tokens_output: s.tokens_output,
+            cost_usd: s.cost_usd,
+            priced: s.priced,
+            unpriced: s.unpriced,
+            quality: Moments { n: s.quality_n, mean: s.quality_mean, m2: s.quality_m2 },
+            sums: s.sums.clone(),
+        })
     }
 }
 
@@ -444,8 +504,8 @@ mod tests {
             prop_assert_eq!(whole.latency_min, right.latency_min);
             prop_assert_eq!(whole.latency_max, right.latency_max);
             // And through the wire: the partial survives MessagePack with its sketch.
-            let bytes = rmp_serde::to_vec_named(&right).unwrap();
-            let back: Accumulator = rmp_serde::from_slice(&bytes).unwrap();
+            let bytes = rmp_serde::to_vec_named(&right.to_state()).unwrap();
+            let back = Accumulator::from_state(&rmp_serde::from_slice(&bytes).unwrap()).unwrap();
             for p in [0.0, 0.5, 0.9, 0.99, 1.0] {
                 prop_assert_eq!(back.latency_quantile(p), right.latency_quantile(p));
             }

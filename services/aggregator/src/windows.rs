@@ -12,16 +12,19 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use modelperf_schema::Event;
+use serde::{Deserialize, Serialize};
 
 use crate::window::{Accumulator, Dim, series_of};
 
 /// Where an event goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // returned and consumed at once
 pub enum Placement {
     /// Into an open window.
     Open,
-    /// Into a window already final but young enough to be revised.
-    Revision,
+    /// Into a window already closed but young enough to be revised: the event's own partial,
+    /// to publish at once.
+    Revision(Closed),
     /// Older than `max_revision_age`: dead-lettered with `too_late`.
     TooLate,
 }
@@ -43,25 +46,45 @@ pub struct Closed {
     pub dims: BTreeMap<String, String>,
     /// What it holds.
     pub acc: Accumulator,
-    /// Whether it revises a window already published.
+    /// Whether it revises a window already closed (it then holds one late event).
     pub revision: bool,
 }
 
+/// One open window: its series, and the first stream sequence folded into it (a checkpoint's
+/// replay position must lie at or before it).
+#[derive(Debug, Clone, Default)]
+struct Open {
+    first_seq: u64,
+    series: BTreeMap<BTreeMap<String, String>, Accumulator>,
+}
+
+/// What a checkpoint keeps of a [`Windows`]: the rest is rebuilt by replaying the partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowsMark {
+    /// The latest event time seen.
+    pub latest: Option<DateTime<Utc>>,
+    /// Every window ending at or before this is closed (decided).
+    pub final_through: Option<DateTime<Utc>>,
+    /// Every window ending at or before this has its partials stored in `PERF_PARTIALS`.
+    /// Between the two lie windows closed but not yet known to be published: a restarted owner
+    /// rebuilds and publishes them again, under the same message ids.
+    pub published_through: Option<DateTime<Utc>>,
+}
+
 /// The windows of one partition for one window length.
+///
+/// Every decision depends only on the order of the partition's events and on the close points,
+/// which the owner checkpoints before publishing what they close; so replaying the partition
+/// from a checkpoint rebuilds exactly the windows that were open, with the same contents.
 #[derive(Debug, Clone)]
 pub struct Windows {
     len: Duration,
     lateness: Duration,
     max_revision_age: Duration,
     group_by: Vec<Dim>,
-    /// Open windows: start → series → accumulator.
-    open: BTreeMap<DateTime<Utc>, BTreeMap<BTreeMap<String, String>, Accumulator>>,
-    /// Late events for final windows, published as revisions at the next close.
-    late: BTreeMap<DateTime<Utc>, BTreeMap<BTreeMap<String, String>, Accumulator>>,
-    /// The latest event time seen.
-    latest: Option<DateTime<Utc>>,
-    /// Every window ending at or before this is final.
-    final_through: Option<DateTime<Utc>>,
+    /// Open windows by start.
+    open: BTreeMap<DateTime<Utc>, Open>,
+    mark: WindowsMark,
 }
 
 impl Windows {
@@ -73,63 +96,128 @@ impl Windows {
             max_revision_age,
             group_by: group_by.to_vec(),
             open: BTreeMap::new(),
-            late: BTreeMap::new(),
-            latest: None,
-            final_through: None,
+            mark: WindowsMark::default(),
         }
     }
 
-    /// Folds an event in; `now` is the wall clock.
-    pub fn add(&mut self, e: &Event, now: DateTime<Utc>) -> Placement {
+    /// The window length.
+    pub fn len(&self) -> Duration {
+        self.len
+    }
+
+    /// Folds an event (stream sequence `seq`) in. A window counts as closed once its end is at
+    /// or below `final_through`; a revision is refused as `too_late` once the window ended
+    /// `max_revision_age` before that point (event time, so a replay decides the same way).
+    pub fn add(&mut self, e: &Event, seq: u64) -> Placement {
         let start = window_start(e.ts, self.len);
         let end = start + self.len;
-        let is_final = self.final_through.is_some_and(|f| end <= f);
-        if is_final && end <= now - self.max_revision_age {
-            return Placement::TooLate;
+        if let Some(ft) = self.mark.final_through.filter(|ft| end <= *ft) {
+            if end <= ft - self.max_revision_age {
+                return Placement::TooLate;
+            }
+            self.see(e.ts);
+            let mut acc = Accumulator::default();
+            acc.add(e);
+            return Placement::Revision(Closed { start, dims: series_of(e, &self.group_by), acc, revision: true });
         }
-        self.latest = Some(self.latest.map_or(e.ts, |l| l.max(e.ts)));
-        let series = series_of(e, &self.group_by);
-        let target = if is_final { &mut self.late } else { &mut self.open };
-        target.entry(start).or_default().entry(series).or_default().add(e);
-        if is_final { Placement::Revision } else { Placement::Open }
+        self.see(e.ts);
+        let open = self.open.entry(start).or_insert_with(|| Open { first_seq: seq, series: BTreeMap::new() });
+        open.first_seq = open.first_seq.min(seq);
+        open.series.entry(series_of(e, &self.group_by)).or_default().add(e);
+        Placement::Open
+    }
+
+    /// Whether an event falls in a window closed more than `max_revision_age` before the close
+    /// point: it is refused as `too_late`.
+    pub fn too_late(&self, e: &Event) -> bool {
+        let end = window_start(e.ts, self.len) + self.len;
+        self.mark.final_through.is_some_and(|ft| end <= ft - self.max_revision_age)
+    }
+
+    /// Re-applies an event at or before the checkpoint: windows already published are skipped
+    /// (their events, revisions included, are stored), the others rebuilt.
+    pub fn replay(&mut self, e: &Event, seq: u64) {
+        let start = window_start(e.ts, self.len);
+        if self.mark.published_through.is_some_and(|p| start + self.len <= p) {
+            return;
+        }
+        let open = self.open.entry(start).or_insert_with(|| Open { first_seq: seq, series: BTreeMap::new() });
+        open.first_seq = open.first_seq.min(seq);
+        open.series.entry(series_of(e, &self.group_by)).or_default().add(e);
+    }
+
+    fn see(&mut self, ts: DateTime<Utc>) {
+        self.mark.latest = Some(self.mark.latest.map_or(ts, |l| l.max(ts)));
     }
 
     /// The watermark: event time while catching up on a backlog, the wall clock when idle.
     pub fn watermark(&self, now: DateTime<Utc>, caught_up: bool) -> Option<DateTime<Utc>> {
-        let event_time = self.latest.map(|l| l.min(now));
+        let event_time = self.mark.latest.map(|l| l.min(now));
         let base = if caught_up { Some(now) } else { event_time };
         base.map(|b| b - self.lateness)
     }
 
-    /// Closes every window whose end is at or below the watermark, and hands out pending
-    /// revisions. The windows come out in time order.
-    pub fn close(&mut self, now: DateTime<Utc>, caught_up: bool) -> Vec<Closed> {
-        let mut out = Vec::new();
-        for (start, series) in std::mem::take(&mut self.late) {
-            out.extend(series.into_iter().map(|(dims, acc)| Closed { start, dims, acc, revision: true }));
-        }
-        let Some(watermark) = self.watermark(now, caught_up) else { return out };
+    /// Decides the close point for the watermark: `true` when `final_through` advanced (the
+    /// owner then checkpoints before publishing what [`Windows::take_closed`] hands out).
+    pub fn advance(&mut self, now: DateTime<Utc>, caught_up: bool) -> bool {
+        let Some(watermark) = self.watermark(now, caught_up) else { return false };
         // The last window end at or below the watermark.
         let through = window_start(watermark, self.len);
-        if self.final_through.is_none_or(|f| through > f) {
-            self.final_through = Some(through);
+        if self.mark.final_through.is_none_or(|f| through > f) {
+            self.mark.final_through = Some(through);
+            return true;
         }
-        // Windows starting before `through` end at or before it, so at or below the watermark.
+        false
+    }
+
+    /// The windows closed but not yet handed out, in time order.
+    pub fn take_closed(&mut self) -> Vec<Closed> {
+        let Some(through) = self.mark.final_through else { return Vec::new() };
+        // Windows starting before `through` end at or before it.
         let still_open = self.open.split_off(&through);
-        for (start, series) in std::mem::replace(&mut self.open, still_open) {
-            out.extend(series.into_iter().map(|(dims, acc)| Closed { start, dims, acc, revision: false }));
+        let mut out = Vec::new();
+        for (start, open) in std::mem::replace(&mut self.open, still_open) {
+            out.extend(open.series.into_iter().map(|(dims, acc)| Closed { start, dims, acc, revision: false }));
         }
         out
     }
 
-    /// The start of the oldest open window: a checkpoint's replay position lies before it.
+    /// Records that everything closed so far is stored.
+    pub fn published(&mut self) {
+        self.mark.published_through = self.mark.final_through;
+    }
+
+    /// `advance` then `take_closed`, for callers that need no checkpoint in between.
+    pub fn close(&mut self, now: DateTime<Utc>, caught_up: bool) -> Vec<Closed> {
+        self.advance(now, caught_up);
+        let closed = self.take_closed();
+        self.published();
+        closed
+    }
+
+    /// What a checkpoint keeps.
+    pub fn mark(&self) -> WindowsMark {
+        self.mark
+    }
+
+    /// Restores a checkpoint's mark (before replaying).
+    pub fn restore(&mut self, mark: WindowsMark) {
+        self.mark = mark;
+    }
+
+    /// The first stream sequence of any open window: where a replay must start.
+    pub fn replay_from(&self) -> Option<u64> {
+        self.open.values().map(|o| o.first_seq).min()
+    }
+
+    /// The start of the oldest open window.
     pub fn oldest_open(&self) -> Option<DateTime<Utc>> {
         self.open.keys().next().copied()
     }
 
     /// Open windows and series (for memory bounds and metrics).
     pub fn open_series(&self) -> usize {
-        self.open.values().map(BTreeMap::len).sum()
+        self.open.values().map(|o| o.series.len()).sum()
     }
 }
 
@@ -164,35 +252,90 @@ mod tests {
         let mut w = windows();
         let now = at("2026-11-27T12:00:00Z");
         // Catching up on events from an hour ago: only windows older than the lateness close.
-        for t in ["2026-11-27T11:00:10Z", "2026-11-27T11:01:10Z", "2026-11-27T11:05:30Z"] {
-            assert_eq!(w.add(&ev(t), now), Placement::Open);
+        for (i, t) in ["2026-11-27T11:00:10Z", "2026-11-27T11:01:10Z", "2026-11-27T11:05:30Z"].iter().enumerate() {
+            assert_eq!(w.add(&ev(t), i as u64 + 1), Placement::Open);
         }
+        assert_eq!(w.replay_from(), Some(1));
         let closed = w.close(now, false);
         let starts: Vec<_> = closed.iter().map(|c| c.start).collect();
         assert_eq!(starts, [at("2026-11-27T11:00:00Z"), at("2026-11-27T11:01:00Z")], "11:05 - 2m = 11:03");
         assert_eq!(w.oldest_open(), Some(at("2026-11-27T11:05:00Z")));
+        assert_eq!(w.replay_from(), Some(3));
         // Idle (caught up): the clock advances the watermark and the last window closes.
         let closed = w.close(now, true);
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].start, at("2026-11-27T11:05:00Z"));
         assert_eq!(w.open_series(), 0);
+        assert_eq!(w.replay_from(), None);
+    }
+
+    #[test]
+    fn windows_close_exactly_at_the_watermark() {
+        let mut w = windows();
+        w.add(&ev("2026-11-27T11:00:59.999Z"), 1);
+        w.add(&ev("2026-11-27T11:01:00Z"), 2);
+        // Watermark 11:01:00 (latest 11:03:00 − 2 min): [11:00, 11:01) ends at it and closes.
+        w.add(&ev("2026-11-27T11:03:00Z"), 3);
+        let closed = w.close(at("2026-11-27T12:00:00Z"), false);
+        assert_eq!(closed.iter().map(|c| c.start).collect::<Vec<_>>(), [at("2026-11-27T11:00:00Z")]);
+        // One millisecond short of the next end keeps [11:01, 11:02) open.
+        w.add(&ev("2026-11-27T11:03:59.999Z"), 4);
+        assert!(w.close(at("2026-11-27T12:00:00Z"), false).is_empty());
+        // An event at the closed window's last instant is now a revision.
+        assert!(matches!(w.add(&ev("2026-11-27T11:00:59.999Z"), 5), Placement::Revision(_)));
+        assert_eq!(w.add(&ev("2026-11-27T11:01:00Z"), 6), Placement::Open);
     }
 
     #[test]
     fn late_events_revise_young_windows_and_old_ones_are_too_late() {
         let mut w = windows();
         let now = at("2026-11-27T12:00:00Z");
-        w.add(&ev("2026-11-27T11:50:10Z"), now);
+        w.add(&ev("2026-11-27T11:50:10Z"), 1);
         assert_eq!(w.close(now, true).len(), 1);
-        // Final, but younger than an hour: a revision, published at the next close.
-        assert_eq!(w.add(&ev("2026-11-27T11:50:20Z"), now), Placement::Revision);
-        let revised = w.close(now, true);
-        assert_eq!(revised.len(), 1);
-        assert!(revised[0].revision);
-        assert_eq!(revised[0].acc.count, 1, "a revision carries the late events only");
-        // Older than max_revision_age.
-        w.add(&ev("2026-11-27T10:30:00Z"), now);
-        assert_eq!(w.add(&ev("2026-11-27T10:58:59Z"), now), Placement::TooLate);
+        // Closed, but younger than an hour before the close point: a revision of its own.
+        match w.add(&ev("2026-11-27T11:50:20Z"), 2) {
+            Placement::Revision(c) => {
+                assert!(c.revision);
+                assert_eq!((c.start, c.acc.count), (at("2026-11-27T11:50:00Z"), 1));
+            }
+            other => panic!("expected a revision, got {other:?}"),
+        }
+        // final_through is 11:58; a window ending at or before 10:58 is too late.
+        assert!(matches!(w.add(&ev("2026-11-27T10:58:00Z"), 3), Placement::Revision(_)));
+        assert_eq!(w.add(&ev("2026-11-27T10:57:59Z"), 4), Placement::TooLate);
+    }
+
+    #[test]
+    fn a_replay_rebuilds_what_was_open_and_skips_what_was_published() {
+        let now = at("2026-11-27T12:00:00Z");
+        let events = ["2026-11-27T11:00:10Z", "2026-11-27T11:01:10Z", "2026-11-27T11:05:30Z", "2026-11-27T11:00:20Z"];
+        let mut w = windows();
+        let mut published = Vec::new();
+        for (i, t) in events.iter().take(3).enumerate() {
+            w.add(&ev(t), i as u64 + 1);
+        }
+        // A close is decided and checkpointed; the owner dies before publishing it.
+        assert!(w.advance(now, false));
+        let mark = w.mark();
+        let (replay_from, applied) = (w.replay_from().unwrap(), 3u64);
+        published.extend(w.take_closed());
+        w.published();
+        // A late event after the close: a revision.
+        assert!(matches!(w.add(&ev(events[3]), 4), Placement::Revision(_)));
+
+        // The successor restores the mark and replays from the checkpoint's position.
+        let mut again = windows();
+        again.restore(mark);
+        for (i, t) in events.iter().take(applied as usize).enumerate() {
+            let seq = i as u64 + 1;
+            if seq >= replay_from {
+                again.replay(&ev(t), seq);
+            }
+        }
+        assert_eq!(again.take_closed(), published, "the same partials, under the same ids");
+        again.published();
+        assert!(matches!(again.add(&ev(events[3]), 4), Placement::Revision(_)));
+        assert_eq!(again.open_series(), w.open_series());
     }
 
     #[test]
@@ -203,9 +346,9 @@ mod tests {
         a.task_type = Some("summarize".into());
         let mut b = ev("2026-11-27T11:00:20Z");
         b.task_type = Some("code_edit".into());
-        w.add(&a, now);
-        w.add(&b, now);
-        w.add(&b, now);
+        w.add(&a, 1);
+        w.add(&b, 2);
+        w.add(&b, 3);
         let closed = w.close(now, true);
         let counts: BTreeMap<String, u64> = closed.iter().map(|c| (c.dims["task_type"].clone(), c.acc.count)).collect();
         assert_eq!(counts, BTreeMap::from([("code_edit".into(), 2), ("summarize".into(), 1)]));
@@ -221,22 +364,26 @@ mod tests {
             let mut w = windows();
             let base = at("2026-11-27T10:00:00Z");
             let mut now = base;
-            let (mut accepted, mut closed_count, mut too_late) = (0u64, 0u64, 0u64);
+            let (mut accepted, mut counted, mut too_late) = (0u64, 0u64, 0u64);
             for (i, (offset, close)) in offsets.iter().enumerate() {
                 now = now.max(base + Duration::seconds(i as i64 * 20));
                 let e = ev(&modelperf_schema::format_ts(&(base + Duration::seconds(*offset))));
-                match w.add(&e, now) {
+                match w.add(&e, i as u64 + 1) {
                     Placement::TooLate => too_late += 1,
-                    _ => accepted += 1,
+                    Placement::Revision(c) => {
+                        accepted += 1;
+                        counted += c.acc.count;
+                    }
+                    Placement::Open => accepted += 1,
                 }
                 if *close {
-                    closed_count += w.close(now, i % 3 == 0).iter().map(|c| c.acc.count).sum::<u64>();
+                    counted += w.close(now, i % 3 == 0).iter().map(|c| c.acc.count).sum::<u64>();
                 }
             }
             let far = now + Duration::hours(3);
-            closed_count += w.close(far, true).iter().map(|c| c.acc.count).sum::<u64>();
+            counted += w.close(far, true).iter().map(|c| c.acc.count).sum::<u64>();
             proptest::prop_assert_eq!(w.open_series(), 0);
-            proptest::prop_assert_eq!(closed_count, accepted);
+            proptest::prop_assert_eq!(counted, accepted);
             proptest::prop_assert_eq!(accepted + too_late, offsets.len() as u64);
         }
     }

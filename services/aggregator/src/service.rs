@@ -1,0 +1,513 @@
+//! The process: connecting, the roles' loops under their leases, health, heartbeats, the drain.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::Context;
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use modelperf_bus::{
+    BusError, CheckpointStore, Incoming, Leases, OwnerConfig, Service, Topology, dead_letter, open_at, run_owner, send,
+    streams,
+};
+use modelperf_influx::Sink;
+use modelperf_schema::ErrorCode;
+use modelperf_schema::messages::Partial;
+use modelperf_telemetry::{HEARTBEAT_INTERVAL, Health, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::STAGE;
+use crate::config::Config;
+use crate::finaliser::{FinalMarks, Finaliser};
+use crate::owner::AggOwner;
+use crate::persist::{PersistError, Persister};
+
+/// Lease and checkpoint key of the finaliser.
+pub const FINAL_KEY: &str = "aggregator.final";
+/// Durable consumer of the finaliser.
+pub const FINAL_CONSUMER: &str = "aggregator-final";
+
+/// A connected aggregator, ready to run.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    client: async_nats::Client,
+    js: Context,
+    topology: Topology,
+    sink: Sink,
+    health: Health,
+    http_addr: SocketAddr,
+    http_task: tokio::task::JoinHandle<()>,
+    http_stop: CancellationToken,
+    instance: String,
+}
+
+impl App {
+    /// Connects, ensures the aggregator's topology and binds HTTP (port 0 works). InfluxDB may
+    /// be down: the finaliser waits for it and `/readyz` says so.
+    pub async fn build(config: Config, prometheus: PrometheusHandle) -> anyhow::Result<App> {
+        let health = Health::default();
+        health.register("nats", "connecting");
+        health.register("influx", "not checked yet");
+        let http_stop = CancellationToken::new();
+        let (http_addr, http_task) =
+            modelperf_telemetry::serve(config.http.listen, health.clone(), prometheus, http_stop.clone())
+                .await
+                .with_context(|| format!("failed to bind http on {}", config.http.listen))?;
+        let instance = modelperf_telemetry::instance_id();
+        let client = modelperf_bus::connect(&config.nats, &format!("aggregator-{instance}"))
+            .await
+            .context("failed to connect to nats")?;
+        let js = modelperf_bus::jetstream(client.clone(), Duration::from_secs(10), config.bus.max_ack_pending as usize);
+        let topology = Topology::contract(&config.bus, config.nats.replicas).for_service(Service::Aggregator);
+        topology.ensure(&js).await.context("failed to ensure streams")?;
+        health.ready("nats");
+        let sink = Sink::new(config.influx.clone()).context("invalid influx settings")?;
+        Ok(App { config, client, js, topology, sink, health, http_addr, http_task, http_stop, instance })
+    }
+
+    /// The bound health/metrics address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// This process's instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Runs every role until `shutdown` resolves, then drains: not ready, each role stops
+    /// pulling, checkpoints and acknowledges, leases are released, the connection drained.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let leases = Leases::open(&self.js, self.config.bus.lease_ttl, &self.instance).await?;
+        let member = leases
+            .try_acquire(&format!("aggregator.member.{}", self.instance))
+            .await?
+            .context("instance id already registered")?;
+        let beat = {
+            let leases = leases.clone();
+            modelperf_telemetry::heartbeat(
+                self.client.clone(),
+                STAGE,
+                &self.instance,
+                self.health.clone(),
+                move || leases.held().into_iter().filter(|k| !k.starts_with("aggregator.member.")).collect(),
+                HEARTBEAT_INTERVAL,
+                stop.clone(),
+            )
+        };
+        let watch = watch_health(self.client.clone(), self.sink.clone(), self.health.clone(), stop.clone());
+        let ctx = Arc::new(RoleContext {
+            js: self.js.clone(),
+            topology: self.topology.clone(),
+            config: self.config.clone(),
+            leases: leases.clone(),
+            health: self.health.clone(),
+            sink: self.sink.clone(),
+            held: Arc::default(),
+        });
+        let mut roles = tokio::task::JoinSet::new();
+        for p in 0..self.config.bus.partitions {
+            roles.spawn(partition_role(ctx.clone(), p, stop.clone()));
+        }
+        if self.config.aggregator.finaliser {
+            roles.spawn(finaliser_role(ctx.clone(), stop.clone()));
+        }
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down: checkpointing and releasing leases"),
+            Some(r) = roles.join_next() => tracing::error!(result = ?r, "a role ended unexpectedly"),
+        }
+        self.health.not_ready("draining", "shutting down");
+        stop.cancel();
+        while roles.join_next().await.is_some() {}
+        member.release().await;
+        let _ = watch.await;
+        let drained = self.client.drain().await.context("failed to drain the nats connection");
+        let _ = beat.await;
+        self.http_stop.cancel();
+        let _ = self.http_task.await;
+        drained?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// What every role needs.
+#[derive(Debug)]
+struct RoleContext {
+    js: Context,
+    topology: Topology,
+    config: Config,
+    leases: Leases,
+    health: Health,
+    sink: Sink,
+    /// Partitions this instance owns now.
+    held: Arc<Mutex<BTreeSet<u32>>>,
+}
+
+impl RoleContext {
+    fn owner_config(&self) -> OwnerConfig {
+        OwnerConfig {
+            stage: STAGE.into(),
+            fetch_batch: self.config.bus.fetch_batch,
+            checkpoint_interval: self.config.bus.checkpoint_interval,
+        }
+    }
+
+    /// The most partitions this instance should own: its share of the live instances.
+    async fn share(&self) -> usize {
+        let max = self.config.aggregator.max_partitions as usize;
+        let partitions = self.config.bus.partitions as usize;
+        let members = self.leases.count("aggregator.member.").await.unwrap_or(1).max(1);
+        let fair = partitions.div_ceil(members);
+        if max > 0 { fair.min(max) } else { fair }
+    }
+
+    fn held(&self) -> BTreeSet<u32> {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    fn set_held(&self, p: u32, held: bool) {
+        if let Ok(mut h) = self.held.lock() {
+            if held {
+                h.insert(p);
+            } else {
+                h.remove(&p);
+            }
+        }
+    }
+}
+
+/// Owns partition `p` whenever its lease is free and this instance is below its share.
+async fn partition_role(ctx: Arc<RoleContext>, p: u32, stop: CancellationToken) {
+    let key = format!("aggregator.p{p}");
+    let poll = ctx.config.bus.lease_ttl / 3;
+    while !stop.is_cancelled() {
+        let lease = if ctx.held().len() < ctx.share().await {
+            match ctx.leases.try_acquire(&key).await {
+                Ok(lease) => lease,
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "lease acquisition failed, will retry");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(lease) = lease else {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(poll) => continue,
+            }
+        };
+        ctx.set_held(p, true);
+        let leave = stop.child_token();
+        let rebalance = tokio::spawn(hand_back_when_over_share(ctx.clone(), p, leave.clone()));
+        let result = own_partition(&ctx, p, leave.clone(), lease.lost()).await;
+        leave.cancel();
+        let _ = rebalance.await;
+        ctx.set_held(p, false);
+        match result {
+            Ok(seq) => tracing::info!(partition = p, checkpointed = seq, "partition handed over"),
+            Err(e) => tracing::warn!(partition = p, error = %e, "partition owner stopped"),
+        }
+        lease.release().await;
+        if !stop.is_cancelled() {
+            // Give the others a chance at what was just released.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
+/// Stops the owner of `p` (through `leave`) when this instance holds more than its share and
+/// `p` is its highest partition.
+async fn hand_back_when_over_share(ctx: Arc<RoleContext>, p: u32, leave: CancellationToken) {
+    let every = ctx.config.bus.lease_ttl / 3;
+    loop {
+        tokio::select! {
+            _ = leave.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let held = ctx.held();
+        if held.len() > ctx.share().await && held.last() == Some(&p) {
+            tracing::info!(partition = p, "over this instance's share: handing the partition over");
+            leave.cancel();
+            return;
+        }
+    }
+}
+
+async fn own_partition(
+    ctx: &RoleContext,
+    p: u32,
+    stop: CancellationToken,
+    lost: CancellationToken,
+) -> Result<u64, BusError> {
+    let key = format!("aggregator.p{p}");
+    let (mut store, cp) = CheckpointStore::open(&ctx.js, &key).await?;
+    let marks = match &cp {
+        Some(cp) => Some(AggOwner::marks_of(cp).map_err(|reason| BusError::Corrupt { what: key.clone(), reason })?),
+        None => None,
+    };
+    let applied = cp.as_ref().map_or(0, |c| c.applied_seq);
+    let start = match cp.as_ref().and_then(|c| c.replay_from) {
+        Some(r) if r <= applied => r,
+        _ => applied + 1,
+    };
+    let a = &ctx.config.aggregator;
+    let mut owner =
+        AggOwner::new(p, &a.owner_windows(), a.allowed_lateness, a.max_revision_age, &a.group_by, marks.as_ref());
+    let consumer = open_at(&ctx.js, &ctx.topology, &format!("aggregator-p{p}"), start).await?;
+    tracing::info!(partition = p, applied, replay_from = start, "partition owned");
+    run_owner(&ctx.js, consumer, &mut store, &mut owner, applied, &ctx.owner_config(), stop, lost).await
+}
+
+/// Runs the finaliser whenever this instance holds `aggregator.final`.
+async fn finaliser_role(ctx: Arc<RoleContext>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let lease = match ctx.leases.acquire(FINAL_KEY, &stop).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "finaliser lease acquisition failed, will retry");
+                tokio::time::sleep(ctx.config.bus.lease_ttl / 3).await;
+                continue;
+            }
+        };
+        let halt = stop.child_token();
+        let lost = lease.lost();
+        let relay = {
+            let halt = halt.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = lost.cancelled() => halt.cancel(),
+                    _ = halt.cancelled() => {}
+                }
+            })
+        };
+        let result = run_finaliser(&ctx, halt.clone(), lease.lost()).await;
+        halt.cancel();
+        let _ = relay.await;
+        match result {
+            Ok(seq) => tracing::info!(checkpointed = seq, "finaliser stopped"),
+            Err(e) => {
+                tracing::warn!(error = %e, "finaliser stopped; restarting from its checkpoint");
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        lease.release().await;
+    }
+}
+
+/// The finaliser's loop: bounded pulls read to their end; each partial replayed (at or before
+/// the checkpoint) or applied and persisted; every `checkpoint_interval` a checkpoint, then one
+/// ack-all. Returns the last checkpointed sequence.
+async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: CancellationToken) -> anyhow::Result<u64> {
+    let (mut store, cp) = CheckpointStore::open(&ctx.js, FINAL_KEY).await?;
+    let marks: FinalMarks = match &cp {
+        Some(cp) if !cp.state.is_empty() => rmp_serde::from_slice(&cp.state).context("finaliser checkpoint state")?,
+        _ => FinalMarks::default(),
+    };
+    let applied = cp.as_ref().map_or(0, |c| c.applied_seq);
+    let start = match cp.as_ref().and_then(|c| c.replay_from) {
+        Some(r) if r <= applied => r,
+        _ => applied + 1,
+    };
+    // Everything the previous holder may have persisted lies at or below what it was delivered.
+    let stream = ctx.js.get_stream(streams::PARTIALS).await.map_err(|e| BusError::js("get stream PERF_PARTIALS", e))?;
+    let horizon = match stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(FINAL_CONSUMER).await {
+        Ok(mut c) => c.info().await.map(|i| i.delivered.stream_sequence).unwrap_or(u64::MAX),
+        Err(_) => 0,
+    };
+    let a = &ctx.config.aggregator;
+    let mut fin = Finaliser::new(ctx.config.bus.partitions, a.owner_windows(), a.rollups(), marks);
+    let persister = Persister::open(ctx.js.clone(), ctx.sink.clone(), ctx.health.clone()).await?;
+    let consumer = open_at(&ctx.js, &ctx.topology, FINAL_CONSUMER, start).await?;
+    tracing::info!(applied, replay_from = start, recovery_horizon = horizon, "finaliser active");
+    ensure_influx(ctx, &halt).await;
+    let mut progress = FinalProgress { applied, checkpointed: applied, replayed: 0, last: None, at: Instant::now() };
+    loop {
+        if lost.is_cancelled() {
+            anyhow::bail!("lease {FINAL_KEY} lost");
+        }
+        if halt.is_cancelled() {
+            break;
+        }
+        let batch = fetch(&consumer, ctx.config.bus.fetch_batch).await;
+        let messages = match batch {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "finaliser pull failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for msg in messages {
+            let info = msg.info().map_err(|e| anyhow::anyhow!("message metadata: {e}"))?;
+            let seq = info.stream_sequence;
+            if seq <= progress.applied {
+                if seq <= applied && seq > progress.replayed {
+                    // Rebuilding pending windows; acknowledged with the next checkpoint.
+                    if let Ok(partial) = modelperf_schema::from_msgpack::<Partial>(&msg.payload) {
+                        let _ = fin.replay(seq, &partial);
+                    }
+                    progress.replayed = seq;
+                    progress.last = Some(msg);
+                }
+                continue;
+            }
+            let stream_name = info.stream.to_owned();
+            let incoming = Incoming {
+                subject: &msg.subject,
+                headers: msg.headers.as_ref(),
+                payload: &msg.payload,
+                stream: &stream_name,
+                seq,
+                delivered: info.delivered,
+            };
+            let refused = match modelperf_schema::from_msgpack::<Partial>(&msg.payload) {
+                Ok(partial) => match fin.apply(seq, &partial) {
+                    Ok(actions) => {
+                        match persister.run(actions, seq <= horizon, &halt).await {
+                            Ok(()) => None,
+                            Err(PersistError::Stopped) => {
+                                // Nothing after the last checkpoint counts: the successor redoes it.
+                                if lost.is_cancelled() {
+                                    anyhow::bail!("lease {FINAL_KEY} lost");
+                                }
+                                return Ok(progress.checkpointed);
+                            }
+                            Err(PersistError::Bus(e)) => return Err(e.into()),
+                        }
+                    }
+                    Err(e) => Some((ErrorCode::Schema, e.to_string())),
+                },
+                Err(e) => Some((e.code, format!("partial does not decode: {}", e.reason))),
+            };
+            if let Some((code, reason)) = refused {
+                tracing::warn!(seq, %reason, "partial refused");
+                let dl = dead_letter(STAGE, incoming.origin(), incoming.payload, code, &reason);
+                send(&ctx.js, dl).await?.await.map_err(|e| anyhow::anyhow!("dead letter not stored: {e}"))?;
+            }
+            progress.applied = seq;
+            progress.last = Some(msg);
+        }
+        metrics::gauge!("modelperf_aggregator_pending_series").set(fin.pending_series() as f64);
+        if progress.at.elapsed() >= ctx.config.bus.checkpoint_interval {
+            progress.checkpoint(&mut store, &fin).await?;
+        }
+    }
+    progress.checkpoint(&mut store, &fin).await?;
+    Ok(progress.checkpointed)
+}
+
+struct FinalProgress {
+    applied: u64,
+    checkpointed: u64,
+    replayed: u64,
+    last: Option<async_nats::jetstream::Message>,
+    at: Instant,
+}
+
+impl FinalProgress {
+    async fn checkpoint(&mut self, store: &mut CheckpointStore, fin: &Finaliser) -> anyhow::Result<()> {
+        self.at = Instant::now();
+        if self.applied == self.checkpointed {
+            // Only replayed messages since: the checkpoint covers them already.
+            if let Some(last) = self.last.take() {
+                let _ = last.ack().await;
+            }
+            return Ok(());
+        }
+        let state = rmp_serde::to_vec_named(fin.marks()).context("encode finaliser marks")?;
+        store
+            .save(&modelperf_bus::Checkpoint { applied_seq: self.applied, replay_from: fin.replay_from(), state })
+            .await?;
+        self.checkpointed = self.applied;
+        if let Some(last) = self.last.take()
+            && let Err(e) = last.ack().await
+        {
+            tracing::warn!(error = %e, "finaliser ack-all failed; redeliveries are skipped by sequence");
+        }
+        Ok(())
+    }
+}
+
+/// Creates the database and retention policies (v1) when missing, retrying while InfluxDB is
+/// unreachable; a refusal (e.g. no rights) is logged and writing is tried anyway.
+async fn ensure_influx(ctx: &RoleContext, halt: &CancellationToken) {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match ctx.sink.ensure().await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() => {
+                ctx.health.not_ready("influx_write", format!("cannot prepare the database: {e}"));
+                tracing::warn!(error = %e, "influxdb not reachable yet; waiting before finalising windows");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "influxdb refused to create the database or retention policies");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = halt.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// One bounded pull, read to its end.
+async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<async_nats::jetstream::Message>, BusError> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(n)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .map_err(|e| BusError::js("fetch partials", e))?;
+    let mut out = Vec::new();
+    while let Some(m) = batch.next().await {
+        match m {
+            Ok(m) => out.push(m),
+            Err(e) => tracing::debug!(error = %e, "fetch ended"),
+        }
+    }
+    Ok(out)
+}
+
+/// Keeps the `nats` and `influx` readiness checks in step.
+fn watch_health(
+    client: async_nats::Client,
+    sink: Sink,
+    health: Health,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match client.connection_state() {
+                async_nats::connection::State::Connected => health.ready("nats"),
+                other => health.not_ready("nats", format!("connection {other}")),
+            }
+            match sink.ping().await {
+                Ok(()) => health.ready("influx"),
+                Err(e) => health.not_ready("influx", format!("unreachable: {e}")),
+            }
+        }
+    })
+}
