@@ -186,6 +186,8 @@ pub struct Influx {
     url: String,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
+    /// The binary and its configuration, to start it again after [`Influx::stop`].
+    command: Option<(PathBuf, PathBuf)>,
     http: reqwest::Client,
 }
 
@@ -194,7 +196,7 @@ impl Influx {
     pub async fn start() -> anyhow::Result<Self> {
         let http = reqwest::Client::new();
         if let Ok(url) = std::env::var("MODELPERF_TEST_INFLUX_URL") {
-            let me = Self { url, child: None, _dir: None, http };
+            let me = Self { url, child: None, _dir: None, command: None, http };
             me.wait_ready().await?;
             return Ok(me);
         }
@@ -213,16 +215,32 @@ impl Influx {
         );
         let config_path = d.join("influxdb.conf");
         std::fs::write(&config_path, config)?;
-        let child = Command::new(&binary)
-            .arg("-config")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let me = Self { url: format!("http://127.0.0.1:{http_port}"), child: Some(child), _dir: Some(dir), http };
+        let child = spawn_influxd(&binary, &config_path)?;
+        let me = Self {
+            url: format!("http://127.0.0.1:{http_port}"),
+            child: Some(child),
+            _dir: Some(dir),
+            command: Some((binary, config_path)),
+            http,
+        };
         me.wait_ready().await?;
         Ok(me)
+    }
+
+    /// Kills the server (its data stays); [`Influx::restart`] brings it back on the same port.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again with the same data and port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let Some((binary, config)) = self.command.clone() else { bail!("this InfluxDB is not ours to restart") };
+        self.stop();
+        self.child = Some(spawn_influxd(&binary, &config)?);
+        self.wait_ready().await
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
@@ -261,6 +279,16 @@ impl Influx {
         }
         Ok(body)
     }
+}
+
+fn spawn_influxd(binary: &Path, config: &Path) -> anyhow::Result<Child> {
+    Command::new(binary)
+        .arg("-config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 impl Drop for Influx {
