@@ -96,8 +96,7 @@ async fn setup() -> (NatsServer, Influx, Context, String, tempfile::TempDir) {
     let nats = NatsServer::start().await.unwrap();
     let influx = Influx::start().await.unwrap();
     let js = jetstream::new(nats.client().await.unwrap());
-    let mut bus = modelperf_bus::BusConfig::default();
-    bus.partitions = PARTITIONS;
+    let bus = modelperf_bus::BusConfig { partitions: PARTITIONS, ..Default::default() };
     modelperf_bus::Topology::contract(&bus, 1).ensure(&js).await.unwrap();
     let db = format!("crash_{}", Utc::now().timestamp_nanos_opt().unwrap());
     (nats, influx, js, db, tempfile::tempdir().unwrap())
