@@ -36,6 +36,32 @@ enum Command {
     Dlq(dlq::DlqArgs),
     /// Check that the NATS server is 2.10 or newer with JetStream (exit 1 otherwise).
     ServerCheck,
+    /// Rebuild the windows of a period from PERF_EVENTS and rewrite them with a new revision.
+    Reaggregate(ReaggregateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReaggregateArgs {
+    /// Start of the period: an RFC 3339 time, or a duration ago (`6h`, `2d`).
+    #[arg(long)]
+    since: String,
+    /// Compute every event's cost again from its tokens with the price catalog.
+    #[arg(long)]
+    reprice: bool,
+    /// The price catalog for --reprice.
+    #[arg(long, env = "MODELPERF_COLLECTOR__PRICES_FILE", default_value = "deploy/prices.toml")]
+    prices: PathBuf,
+}
+
+impl ReaggregateArgs {
+    fn since(&self) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        if let Ok(ts) = modelperf_schema::parse_ts(&self.since) {
+            return Ok(ts);
+        }
+        let ago = humantime::parse_duration(&self.since)
+            .with_context(|| format!("--since {}: neither an RFC 3339 time nor a duration", self.since))?;
+        Ok(chrono::Utc::now() - chrono::Duration::from_std(ago)?)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -59,15 +85,18 @@ async fn main() {
         eprintln!("{e}");
         std::process::exit(64);
     }
-    if let Err(e) = run(cli.command, config).await {
+    if let Err(e) = run(cli.command, config, cli.config.as_deref()).await {
         eprintln!("modelperf: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config, config_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     if let Command::ServerCheck = command {
         return server_check(&config.nats).await;
+    }
+    if let Command::Reaggregate(args) = &command {
+        return reaggregate(args, config_file).await;
     }
     let client = modelperf_bus::connect(&config.nats, "modelperf-cli").await?;
     let js = modelperf_bus::jetstream(client.clone(), std::time::Duration::from_secs(10), 4096);
@@ -87,7 +116,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let summary = load::run(&js, &args).await?;
             println!("{summary}");
         }
-        Command::ServerCheck => unreachable!("handled before connecting"),
+        Command::ServerCheck | Command::Reaggregate(_) => unreachable!("handled before connecting"),
         Command::Dlq(args) => {
             // Replays are recorded in modelperf_state; operators' credentials may create it.
             Topology::contract(&config.bus, config.nats.replicas).for_service(Service::All).ensure(&js).await?;
@@ -107,6 +136,37 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
         }
     }
+    client.flush().await?;
+    Ok(())
+}
+
+/// `modelperf reaggregate`: with the aggregator's own configuration (windows, InfluxDB).
+async fn reaggregate(args: &ReaggregateArgs, file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let config = modelperf_aggregator::Config::load(file)?;
+    let since = args.since()?;
+    let catalog = if args.reprice {
+        let c = modelperf_pricing::Catalog::load(&args.prices)?;
+        eprintln!("re-pricing with {} (version {}, {} entries)", args.prices.display(), c.version(), c.len());
+        Some(c)
+    } else {
+        None
+    };
+    let client = modelperf_bus::connect(&config.nats, "modelperf-cli").await?;
+    let js = modelperf_bus::jetstream(client.clone(), std::time::Duration::from_secs(10), 4096);
+    eprintln!("re-aggregating windows from {} (rounded down to each window)", modelperf_schema::format_ts(&since));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events read ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let summary =
+        modelperf_aggregator::reaggregate::reaggregate(&js, &config, since, catalog.as_ref(), |read, total| {
+            bar.set_length(total);
+            bar.set_position(read);
+        })
+        .await;
+    bar.finish_and_clear();
+    println!("{}", summary?);
     client.flush().await?;
     Ok(())
 }

@@ -94,10 +94,27 @@ impl Sink {
         Ok(policies)
     }
 
+    /// Runs one InfluxQL query against the database (v1) or bucket (v2, through its v1
+    /// compatibility endpoint) and returns its result object (`series`, ...).
+    pub async fn query(&self, statement: &str) -> Result<Value, InfluxError> {
+        let db = match self.config().api {
+            InfluxApi::V1 => self.config().database.clone(),
+            InfluxApi::V2 => self.config().bucket.clone().unwrap_or_default(),
+        };
+        self.run_influxql(statement, Some(&db)).await
+    }
+
     /// Runs one InfluxQL statement (`POST /query`, `q=`) and returns its result object.
     async fn influxql(&self, statement: &str) -> Result<Value, InfluxError> {
+        self.run_influxql(statement, None).await
+    }
+
+    async fn run_influxql(&self, statement: &str, db: Option<&str>) -> Result<Value, InfluxError> {
         let url = format!("{}/query", self.base());
-        let form = [("q", statement)];
+        let mut form = vec![("q", statement)];
+        if let Some(db) = db {
+            form.push(("db", db));
+        }
         let reply = self.request(statement, || self.http().post(&url).form(&form)).await?;
         let reply = expect_success(statement, reply)?;
         let unexpected = |reason: String| InfluxError::Unexpected { what: statement.to_owned(), reason };

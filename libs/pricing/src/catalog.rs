@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use modelperf_schema::{Cost, CostStatus, ModelRef, Tokens};
+use modelperf_schema::{Cost, CostStatus, Data, Event, ModelRef, Tokens};
 
 use crate::{Price, PricingError, format};
 
@@ -110,6 +110,20 @@ impl Catalog {
             Some(price) => Cost::priced(price.usd(tokens), price.id.clone()),
             None => Cost::missing(CostStatus::Unpriced),
         }
+    }
+
+    /// Prices an event the one way every stage does: a completion by its model, a judgment that
+    /// reports tokens by the judge model (what the judging cost); other events carry no cost.
+    /// Returns the cost set, if any.
+    pub fn price_event<'e>(&self, event: &'e mut Event) -> Option<&'e Cost> {
+        let model = match &event.data {
+            Data::TaskCompleted(_) => event.model.as_ref(),
+            Data::Judgment(j) if j.tokens.is_some() => Some(&j.judge_model),
+            _ => return None,
+        };
+        let cost = self.cost(model, event.ts, event.data.tokens());
+        event.cost = Some(cost);
+        event.cost.as_ref()
     }
 
     /// The entry of `(provider, model, version)`, compared after ASCII lower-casing, with the

@@ -19,12 +19,14 @@
 //! - [`owner`]: the partition owner;
 //! - [`finaliser`]: the finaliser's decisions;
 //! - [`persist`]: InfluxDB points, metrics messages and the finalised-window bucket;
+//! - [`reaggregate`]: rebuilding the windows of a period from `PERF_EVENTS`;
 //! - [`service`]: the roles' loops and the process ([`App`]).
 
 pub mod config;
 pub mod finaliser;
 pub mod owner;
 pub mod persist;
+pub mod reaggregate;
 pub mod service;
 pub mod window;
 pub mod windows;

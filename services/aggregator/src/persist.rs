@@ -179,7 +179,10 @@ impl Persister {
         Ok(entry.and_then(|b| rmp_serde::from_slice(&b).ok()))
     }
 
-    async fn write(
+    /// Writes whole windows of one length and start: InfluxDB, `perf.metrics.<window>`, then
+    /// the bucket entry (with `seq`, the last partial sequence in them). Each series carries its
+    /// revision.
+    pub async fn write(
         &self,
         window: &WindowSpec,
         start: DateTime<Utc>,

@@ -262,3 +262,62 @@ async fn ensure(js: &async_nats::jetstream::Context, config: &Config) {
 fn uuid_suffix() -> String {
     format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaggregation_rewrites_closed_windows_with_new_prices_and_a_new_revision() {
+    let nats = NatsServer::start().await.unwrap();
+    let influx = Influx::start().await.unwrap();
+    let db = format!("agg_{}", uuid_suffix());
+    let config = config(nats.url(), influx.url(), &db, 2);
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    ensure(&js, &config).await;
+    let hour = hours_ago(3);
+    let events = workload(hour, chrono::Duration::hours(1), 1_200);
+    publish(&js, &events, 2).await;
+    let app = start(config.clone()).await;
+    let windows = [("1m", 60), ("1h", 3_600)];
+    wait_for(&influx, &db, &expected(&events, &windows), &["1m", "1h"], false).await;
+
+    // The catalog prices the same tokens differently from what the events carry.
+    let catalog =
+        modelperf_pricing::Catalog::load(&modelperf_testkit::project_root().join("deploy/prices.toml")).unwrap();
+    let repriced: Vec<_> = events
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            catalog.price_event(&mut e);
+            e
+        })
+        .collect();
+    let want = expected(&repriced, &windows);
+    // Closed for good once the finaliser's checkpointed close point is max_revision_age past it.
+    let state = js.get_key_value("modelperf_state").await.unwrap();
+    eventually(Duration::from_secs(30), || {
+        let state = state.clone();
+        async move {
+            let cp: modelperf_bus::Checkpoint =
+                rmp_serde::from_slice(&state.get("aggregator.final").await.ok()??).ok()?;
+            let marks: modelperf_aggregator::finaliser::FinalMarks = rmp_serde::from_slice(&cp.state).ok()?;
+            (marks.final_through.get("1h")? >= &(hour + chrono::Duration::hours(2))).then_some(())
+        }
+    })
+    .await
+    .unwrap();
+    let summary =
+        modelperf_aggregator::reaggregate::reaggregate(&js, &config, hour, Some(&catalog), |_, _| {}).await.unwrap();
+    assert_eq!(summary.events_used, events.len() as u64, "{summary}");
+    assert_eq!(summary.rewritten["1h"], (1, 6), "{summary}");
+    assert_eq!(summary.stale_series, 0);
+    assert!((summary.cost_before - summary.cost_after).abs() > 1e-9, "{summary}");
+    for w in ["1m", "1h"] {
+        let rows = rows(&influx, &db, w, "model_perf").await;
+        assert_eq!(mismatch(&want, w, &rows, true), None);
+        assert!(rows.iter().all(|r| r.f("revision") == Some(1.0)), "every window rewritten with revision 1");
+    }
+    // Once more: revision 2, same numbers.
+    modelperf_aggregator::reaggregate::reaggregate(&js, &config, hour, Some(&catalog), |_, _| {}).await.unwrap();
+    let rows = rows(&influx, &db, "1h", "model_perf").await;
+    assert_eq!(mismatch(&want, "1h", &rows, true), None);
+    assert!(rows.iter().all(|r| r.f("revision") == Some(2.0)));
+    app.stop().await;
+}

@@ -51,10 +51,8 @@ impl Collector {
         let now = Utc::now();
         modelperf_schema::check_ts_range(event.ts, now, is_replay(msg))?;
         modelperf_schema::id::assign_id(&mut event, msg.header("Nats-Msg-Id"), msg.stream, msg.seq);
-        if let Some(model) = priced_model(&event) {
-            let cost = self.catalog.cost(model, event.ts, event.data.tokens());
-            self.counters.cost(&cost);
-            event.cost = Some(cost);
+        if let Some(cost) = self.catalog.price_event(&mut event) {
+            self.counters.cost(cost);
         }
         match self.sampler.decide(&event) {
             Decision::Drop => {
@@ -80,16 +78,6 @@ fn is_replay(msg: &Incoming<'_>) -> bool {
     match (msg.header(dlq::REPLAY), msg.header("Nats-Msg-Id").and_then(|id| id.strip_prefix("replay:"))) {
         (Some(seq), Some(id_seq)) => !seq.is_empty() && seq == id_seq,
         _ => false,
-    }
-}
-
-/// `Some(model)` for events that carry a cost (completions, and judgments that report the
-/// judge's tokens, priced by the judge model); `None` for the rest.
-fn priced_model(event: &Event) -> Option<Option<&modelperf_schema::ModelRef>> {
-    match &event.data {
-        modelperf_schema::Data::TaskCompleted(_) => Some(event.model.as_ref()),
-        modelperf_schema::Data::Judgment(j) if j.tokens.is_some() => Some(Some(&j.judge_model)),
-        _ => None,
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Expect {
     pub success: u64,
     pub failure: u64,
     pub cost: f64,
+    /// Events with a price, and without one.
+    pub priced: u64,
+    pub unpriced: u64,
     /// Latencies of events with sample rate 1 (for exact quantiles).
     pub latencies: Vec<f64>,
     pub all_rate_one: bool,
@@ -91,7 +94,13 @@ pub fn expected(events: &[Event], windows: &[(&str, i64)]) -> Expected {
             } else {
                 x.failure += 1;
             }
-            x.cost += e.cost.as_ref().unwrap().usd.unwrap() / rate;
+            match e.cost.as_ref().and_then(|c| c.usd) {
+                Some(usd) => {
+                    x.cost += usd / rate;
+                    x.priced += 1;
+                }
+                None => x.unpriced += 1,
+            }
             x.latencies.push(d.latency_ms);
             x.all_rate_one &= rate == 1.0;
         }
@@ -208,7 +217,11 @@ pub fn mismatch(expected: &Expected, window: &str, rows: &[Row], revisions: bool
             ("success", close(r.f("success"), x.success as f64, 0.0)),
             ("failure", close(r.f("failure"), x.failure as f64, 0.0)),
             ("weighted_count", close(r.f("weighted_count"), x.weighted, 1e-9)),
-            ("cost_usd", close(r.f("cost_usd"), x.cost, 1e-9)),
+            ("cost_usd", if x.priced > 0 { close(r.f("cost_usd"), x.cost, 1e-9) } else { r.f("cost_usd").is_none() }),
+            (
+                "unpriced",
+                if x.unpriced > 0 { close(r.f("unpriced"), x.unpriced as f64, 0.0) } else { r.f("unpriced").is_none() },
+            ),
             ("revision", revisions || close(r.f("revision"), 0.0, 0.0)),
         ];
         if let Some((field, _)) = checks.iter().find(|(_, ok)| !ok) {
