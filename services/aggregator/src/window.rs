@@ -513,6 +513,41 @@ mod tests {
         }
     }
 
+    /// Keeping each task with probability 1/k and weighting what is kept by k estimates the
+    /// full stream without bias: over many independent samplings the mean estimate of the count
+    /// and of the success total is within a few standard errors of the truth, and every single
+    /// estimate within 5 standard deviations.
+    #[test]
+    fn weighted_counts_are_unbiased_under_one_in_k_sampling() {
+        fn mix(mut x: u64) -> u64 {
+            // splitmix64: a well-spread hash of (seed, task), like the collector's keyed hash.
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        }
+        const N: u64 = 20_000;
+        const SEEDS: u64 = 40;
+        let successes = (0..N).filter(|i| i % 7 != 0).count() as f64;
+        for k in [2u64, 4, 10] {
+            let (mut sum_count, mut sum_success) = (0.0, 0.0);
+            let sd = ((N * (k - 1)) as f64).sqrt();
+            for seed in 0..SEEDS {
+                let mut acc = Accumulator::default();
+                for i in (0..N).filter(|i| mix(seed << 32 | i).is_multiple_of(k)) {
+                    acc.add(&completion(100.0, i % 7 != 0, 1.0 / k as f64, None));
+                }
+                assert!((acc.weighted_count - N as f64).abs() < 5.0 * sd, "k={k} seed={seed}: {}", acc.weighted_count);
+                sum_count += acc.weighted_count;
+                sum_success += acc.success_weighted;
+            }
+            let (mean_count, mean_success) = (sum_count / SEEDS as f64, sum_success / SEEDS as f64);
+            let se = sd / (SEEDS as f64).sqrt();
+            assert!((mean_count - N as f64).abs() < 4.0 * se, "k={k}: mean estimate {mean_count} of {N}");
+            assert!((mean_success - successes).abs() < 4.0 * se, "k={k}: mean successes {mean_success} of {successes}");
+        }
+    }
+
     #[test]
     fn welford_matches_the_textbook_variance() {
         let xs = [0.2, 0.4, 0.9, 0.5, 0.7];

@@ -58,6 +58,10 @@ fn config_file(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn aggregator(nats: &str, influx: &str, db: &str, config: &std::path::Path) -> Proc {
+    aggregator_on(nats, influx, db, config, 0)
+}
+
+fn aggregator_on(nats: &str, influx: &str, db: &str, config: &std::path::Path, http_port: u16) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_modelperf-aggregator"))
         .arg("--config")
         .arg(config)
@@ -65,7 +69,7 @@ fn aggregator(nats: &str, influx: &str, db: &str, config: &std::path::Path) -> P
         .env("MODELPERF_INFLUX__URL", influx)
         .env("MODELPERF_INFLUX__DATABASE", db)
         .env("MODELPERF_INFLUX__MAX_RETRIES", "1")
-        .env("MODELPERF_HTTP__LISTEN", "127.0.0.1:0")
+        .env("MODELPERF_HTTP__LISTEN", format!("127.0.0.1:{http_port}"))
         .env("MODELPERF_BUS__PARTITIONS", PARTITIONS.to_string())
         .env("MODELPERF_BUS__ACK_WAIT", "5s")
         .env("MODELPERF_BUS__LEASE_TTL", "3s")
@@ -142,20 +146,32 @@ async fn killed_twice_mid_window_the_totals_are_exact() {
 async fn influxdb_down_for_a_minute_loses_nothing_and_memory_stays_flat() {
     let (nats, mut influx, js, db, dir) = setup().await;
     let config = config_file(dir.path());
-    let proc = aggregator(nats.url(), influx.url(), &db, &config);
+    let port = modelperf_testkit::free_port();
+    let proc = aggregator_on(nats.url(), influx.url(), &db, &config, port);
+    let readyz = format!("http://127.0.0.1:{port}/readyz");
     let producer = tokio::spawn(produce(js.clone(), 500, 80));
     tokio::time::sleep(Duration::from_secs(8)).await;
     let before = proc.rss_kib();
     influx.stop();
     let stopped = Instant::now();
     let mut peak = before;
+    let mut said_why = None;
     while stopped.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         peak = peak.max(proc.rss_kib());
+        if let Ok(r) = reqwest::get(&readyz).await
+            && r.status() == 503
+        {
+            said_why = Some(r.text().await.unwrap());
+        }
     }
+    let said_why = said_why.expect("/readyz never reported the outage");
+    assert!(said_why.contains("influx"), "{said_why}");
     influx.restart().await.unwrap();
     let events = producer.await.unwrap();
     converge(&influx, &db, &events, true).await;
+    let ready = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(ready.status(), 200, "ready again once InfluxDB is back: {}", ready.text().await.unwrap());
     eprintln!("resident memory: {before} KiB before the outage, peak {peak} KiB during it");
     // The finaliser stops pulling partials while it cannot write: memory does not follow the
     // backlog (30 000 events, about 1 000 partials). A generous bound, not a timing.
