@@ -146,7 +146,8 @@ async fn late_events_revise_their_windows_and_older_ones_are_too_late() {
     x.cost += late.cost.as_ref().unwrap().usd.unwrap();
     let modelperf_schema::Data::TaskCompleted(d) = &late.data else { unreachable!() };
     if d.success {
-        x.success += 1
+        x.success += 1;
+        x.success_weighted += 1.0;
     } else {
         x.failure += 1
     }

@@ -24,6 +24,8 @@ pub struct Expect {
     pub weighted: f64,
     pub success: u64,
     pub failure: u64,
+    /// Weighted successes, for the weighted success rate.
+    pub success_weighted: f64,
     pub cost: f64,
     /// Events with a price, and without one.
     pub priced: u64,
@@ -91,6 +93,7 @@ pub fn expected(events: &[Event], windows: &[(&str, i64)]) -> Expected {
             x.weighted += 1.0 / rate;
             if d.success {
                 x.success += 1;
+                x.success_weighted += 1.0 / rate;
             } else {
                 x.failure += 1;
             }
@@ -217,6 +220,7 @@ pub fn mismatch(expected: &Expected, window: &str, rows: &[Row], revisions: bool
             ("success", close(r.f("success"), x.success as f64, 0.0)),
             ("failure", close(r.f("failure"), x.failure as f64, 0.0)),
             ("weighted_count", close(r.f("weighted_count"), x.weighted, 1e-9)),
+            ("success_rate", close(r.f("success_rate"), x.success_weighted / x.weighted, 1e-9)),
             ("cost_usd", if x.priced > 0 { close(r.f("cost_usd"), x.cost, 1e-9) } else { r.f("cost_usd").is_none() }),
             (
                 "unpriced",
