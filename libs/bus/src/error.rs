@@ -57,6 +57,17 @@ pub enum BusError {
     /// A checkpoint write lost a compare-and-set: someone else owns the key now.
     #[error("checkpoint {0} was written by another owner")]
     CheckpointConflict(String),
+    /// A delivery went missing between the server and this client (the consumer sequence
+    /// skipped): the owner must restart from its checkpoint, or an ack-all would cover it.
+    #[error("delivery gap on consumer {consumer}: expected delivery {expected}, got {got}")]
+    DeliveryGap {
+        /// The durable consumer.
+        consumer: String,
+        /// The delivery sequence expected.
+        expected: u64,
+        /// The one received.
+        got: u64,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt {what}: {reason}")]
     Corrupt {
@@ -76,7 +87,10 @@ impl BusError {
     /// The class of this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            BusError::JetStream { .. } | BusError::Publish { .. } | BusError::Connect(_) => ErrorClass::Retry,
+            BusError::JetStream { .. }
+            | BusError::Publish { .. }
+            | BusError::Connect(_)
+            | BusError::DeliveryGap { .. } => ErrorClass::Retry,
             BusError::Corrupt { .. } => ErrorClass::Terminate,
             BusError::Config(_)
             | BusError::Conflict { .. }

@@ -95,7 +95,8 @@ pub async fn run_owner<O: PartitionOwner>(
     stop: CancellationToken,
     lease_lost: CancellationToken,
 ) -> Result<u64, BusError> {
-    let pending = consumer.get_info().await.map(|i| i.num_pending).unwrap_or(0);
+    // Unknown counts as a backlog: nothing is closed by the clock before the replay is read.
+    let pending = consumer.get_info().await.map(|i| i.num_pending).unwrap_or(u64::MAX);
     let mut messages = pull_batches(&consumer, cfg.fetch_batch, &cfg.stage).await?;
     let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,6 +106,7 @@ pub async fn run_owner<O: PartitionOwner>(
         replay_until: resume_after,
         replayed_seq: 0,
         seen_seq: 0,
+        delivery: None,
         pending,
         acks: Vec::new(),
         last: None,
@@ -145,6 +147,8 @@ struct Progress {
     replayed_seq: u64,
     /// The highest sequence received.
     seen_seq: u64,
+    /// The consumer's delivery sequence of the last message received.
+    delivery: Option<u64>,
     /// Messages pending on the consumer after the last one received.
     pending: u64,
     acks: Vec<PublishAckFuture>,
@@ -162,6 +166,17 @@ impl Progress {
         let info =
             msg.info().map_err(|e| BusError::Corrupt { what: "message metadata".into(), reason: e.to_string() })?;
         let (stream, seq, delivered) = (info.stream.to_owned(), info.stream_sequence, info.delivered);
+        // Ack-all would acknowledge a delivery this client never received: restart instead.
+        if let Some(last) = self.delivery
+            && info.consumer_sequence != last + 1
+        {
+            return Err(BusError::DeliveryGap {
+                consumer: info.consumer.to_owned(),
+                expected: last + 1,
+                got: info.consumer_sequence,
+            });
+        }
+        self.delivery = Some(info.consumer_sequence);
         self.pending = info.pending;
         self.seen_seq = self.seen_seq.max(seq);
         let incoming = Incoming {

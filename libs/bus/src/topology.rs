@@ -214,7 +214,8 @@ impl Topology {
                 used_by: &[Aggregator, RlPipeline, Analyzer, Monitor],
             },
             BucketSpec { name: buckets::RL_LEDGER, max_age: 30 * DAY, used_by: &[RlPipeline] },
-            BucketSpec { name: buckets::WINDOWS, max_age: DAY, used_by: &[Aggregator] },
+            // Two days: revisions come at most 23 h after a close, plus a lagging finaliser.
+            BucketSpec { name: buckets::WINDOWS, max_age: 2 * DAY, used_by: &[Aggregator] },
         ];
         Self { streams, consumers, buckets, reports_used_by: &[Analyzer], bus: bus.clone(), replicas: replicas.max(1) }
     }
@@ -418,7 +419,6 @@ impl Topology {
             {
                 return Err(BusError::js(format!("create kv bucket {}", b.name), e));
             }
-            return Ok(());
         }
         let stream_name = format!("KV_{}", b.name);
         let mut stream =
@@ -438,7 +438,17 @@ impl Topology {
             // The server refuses a duplicate window longer than max_age.
             let duplicate_window =
                 if b.max_age.is_zero() { have.duplicate_window } else { have.duplicate_window.min(b.max_age) };
-            js.update_stream(jetstream::stream::Config { max_age: b.max_age, duplicate_window, ..have })
+            js.update_stream(jetstream::stream::Config { max_age: b.max_age, duplicate_window, ..have.clone() })
+                .await
+                .map_err(|e| BusError::js(format!("update kv bucket {}", b.name), e))?;
+        }
+        if have.allow_direct {
+            // Direct gets may be answered by a follower that lags the last write; leases,
+            // checkpoints, ledgers and finalised windows are read-modify-written, so every
+            // bucket is read through its leader.
+            let have =
+                stream.info().await.map_err(|e| BusError::js(format!("stream info {stream_name}"), e))?.config.clone();
+            js.update_stream(jetstream::stream::Config { allow_direct: false, ..have })
                 .await
                 .map_err(|e| BusError::js(format!("update kv bucket {}", b.name), e))?;
         }

@@ -15,8 +15,14 @@ use crate::window::{DEFAULT_GROUP_BY, Dim};
 /// accumulated from raw events.
 pub const ROLLUP_FROM: Duration = Duration::from_secs(3_600);
 
-/// The longest `max_revision_age`: the finalised-window bucket keeps a day.
+/// The longest `max_revision_age` (the finalised-window bucket keeps two days).
 pub const MAX_REVISION_AGE_LIMIT: Duration = Duration::from_secs(23 * 3_600);
+
+/// `PERF_PARTIALS` retention by default (the contract's 1 d).
+const PARTIALS_AGE: Duration = Duration::from_secs(86_400);
+
+/// Slack for a finaliser restart between a roll-up's first partial and its close.
+const ROLLUP_MARGIN: Duration = Duration::from_secs(3_600);
 
 /// Everything the aggregator reads. Sections of other services are ignored; unknown keys inside
 /// a section are errors.
@@ -155,6 +161,29 @@ impl Config {
         if a.group_by.is_empty() {
             return bad("MODELPERF_AGGREGATOR__GROUP_BY", "at least one dimension is needed".into());
         }
+        // A pending roll-up pins the finaliser's replay position at its first partial, which
+        // PERF_PARTIALS must still hold when the finaliser restarts.
+        let partials_age = self.bus.max_age.get(modelperf_bus::streams::PARTIALS).copied().unwrap_or(PARTIALS_AGE);
+        for r in a.rollups() {
+            let needs = r.window.duration() + a.allowed_lateness + ROLLUP_MARGIN;
+            if !partials_age.is_zero() && needs > partials_age {
+                return bad(
+                    "MODELPERF_AGGREGATOR__WINDOWS",
+                    format!(
+                        "{} windows stay pending for {needs:?} (length, lateness and a margin), longer than PERF_PARTIALS keeps partials ({partials_age:?}); shorten the window or raise [bus.max_age] PERF_PARTIALS",
+                        r.window
+                    ),
+                );
+            }
+        }
+        if let Some(longest) = a.owner_windows().iter().map(WindowSpec::duration).max()
+            && a.max_revision_age < longest
+        {
+            return bad(
+                "MODELPERF_AGGREGATOR__MAX_REVISION_AGE",
+                format!("must be at least the longest window accumulated from events ({longest:?})"),
+            );
+        }
         if a.max_revision_age > MAX_REVISION_AGE_LIMIT {
             return bad("MODELPERF_AGGREGATOR__MAX_REVISION_AGE", format!("at most {MAX_REVISION_AGE_LIMIT:?}"));
         }
@@ -200,6 +229,9 @@ mod tests {
             jail.set_env("MODELPERF_AGGREGATOR__WINDOWS", "1h");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("shorter than 1h"), "{err}");
+            jail.set_env("MODELPERF_AGGREGATOR__WINDOWS", "1m,1d");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("PERF_PARTIALS"), "{err}");
             jail.set_env("MODELPERF_AGGREGATOR__WINDOWS", "1m,1x");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("unit"), "{err}");

@@ -32,6 +32,10 @@ pub struct FinalMarks {
     pub watermarks: BTreeMap<String, BTreeMap<u32, DateTime<Utc>>>,
     /// Window → every window ending at or before this is final.
     pub final_through: BTreeMap<String, DateTime<Utc>>,
+    /// The `max_revision_age` of the running configuration (seconds), so re-aggregation knows
+    /// which windows nothing can revise any more.
+    #[serde(default)]
+    pub max_revision_age_secs: u64,
 }
 
 /// Something to persist.
@@ -230,10 +234,12 @@ impl Finaliser {
     /// Finalises what every partition's watermark has passed, then the roll-ups that closes.
     fn close(&mut self, w: &WindowSpec) -> Vec<Action> {
         let Some(marks) = self.marks.watermarks.get(w.name()) else { return Vec::new() };
-        if marks.len() < self.partitions as usize {
+        // Only the configured partitions count (marks of partitions removed since are ignored).
+        let current: Vec<DateTime<Utc>> = marks.range(0..self.partitions).map(|(_, t)| *t).collect();
+        if current.len() < self.partitions as usize {
             return Vec::new();
         }
-        let Some(through) = marks.values().min().copied() else { return Vec::new() };
+        let Some(through) = current.into_iter().min() else { return Vec::new() };
         if self.marks.final_through.get(w.name()).is_some_and(|ft| *ft >= through) {
             return Vec::new();
         }

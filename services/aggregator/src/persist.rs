@@ -1,17 +1,19 @@
-//! Carrying out the finaliser's actions: InfluxDB points, `perf.metrics.<window>` messages and
-//! the finalised-window bucket that revisions add to.
+//! Carrying out the finaliser's actions: the finalised-window bucket, InfluxDB points and
+//! `perf.metrics.<window>` messages.
 //!
-//! Order per action: InfluxDB first (a point overwrites itself, so writing again is harmless),
-//! then the metrics messages (their `Nats-Msg-Id` drops a repeat), then the bucket entry, which
-//! records the revision and the last partial sequence applied. A revision whose partial
-//! sequence the entry already holds was applied before a crash and is skipped; a window
-//! finalised again during a replay is skipped when the entry shows it (or a later revision)
-//! was written.
+//! The bucket `modelperf_windows` is the commit point. A window is first committed there —
+//! create-only for a first write, compare-and-set on the entry's revision for a revision — and
+//! only then written to InfluxDB (a point overwrites itself) and published (the `Nats-Msg-Id`
+//! drops a repeat). Both are derived from the committed entry, so a successor that finds an
+//! entry for a window it is about to write (after a crash between the commit and the writes)
+//! writes InfluxDB and the metrics message from the entry again; and a finaliser that lost its
+//! lease without noticing fails its next compare-and-set instead of overwriting its successor's
+//! work. A revision whose partial sequence the entry already holds was applied before.
 
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::kv::{self, Store};
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -55,6 +57,18 @@ pub enum PersistError {
     /// NATS refused (the loop restarts from the checkpoint).
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// Another finaliser committed this window meanwhile: this one lost its lease.
+    #[error("window {0} was committed by another finaliser; this one no longer holds its lease")]
+    Fenced(String),
+}
+
+fn corrupt(key: &str, reason: String) -> PersistError {
+    PersistError::Bus(BusError::Corrupt { what: format!("{WINDOWS_BUCKET} {key}"), reason })
+}
+
+fn encode(w: &Written) -> Bytes {
+    // Encoding our own type cannot fail.
+    Bytes::from(rmp_serde::to_vec_named(w).unwrap_or_default())
 }
 
 /// The InfluxDB points of a window: `model_perf` with the fields of the contract (a field
@@ -128,8 +142,8 @@ impl Persister {
         Ok(Self { js, kv, sink, health })
     }
 
-    /// Carries out `actions`. `recovering`: the actions may have been carried out before a
-    /// crash, so finals are checked against the bucket first.
+    /// Carries out `actions`. `recovering`: they may have been carried out before a crash, so
+    /// first writes are checked against the bucket.
     pub async fn run(
         &self,
         actions: Vec<Action>,
@@ -139,69 +153,146 @@ impl Persister {
         for action in actions {
             match action {
                 Action::Final { window, start, series, seq } => {
-                    let mut todo = Vec::with_capacity(series.len());
+                    let mut committed = Vec::with_capacity(series.len());
                     for (dims, acc) in series {
-                        if recovering && self.written(&window, start, &dims).await?.is_some_and(|w| w.seq >= seq) {
-                            continue;
-                        }
-                        todo.push((dims, acc, 0u32));
+                        let fresh = Written { revision: 0, seq, state: acc.to_state() };
+                        let key = window_key(&window, start, &dims);
+                        let existing = if recovering { self.read(&key).await?.map(|(w, _)| w) } else { None };
+                        let written = match existing {
+                            Some(w) => w,
+                            None => match self.create(&key, &fresh).await? {
+                                None => fresh,
+                                // Committed before a crash, or by a finaliser that lost its
+                                // lease: what is committed is what gets written.
+                                Some(w) => w,
+                            },
+                        };
+                        committed.push((dims, written));
                     }
-                    self.write(&window, start, todo, seq, stop).await?;
+                    self.derive(&window, start, &committed, stop).await?;
                 }
                 Action::Revise { window, start, dims, delta, seq } => {
-                    let (full, revision) = match self.written(&window, start, &dims).await? {
-                        Some(w) if w.seq >= seq => continue,
-                        Some(w) => {
-                            let mut full = Accumulator::from_state(&w.state).unwrap_or_default();
-                            // Sketches of one mapping always merge.
-                            let _ = full.merge(&delta);
-                            (full, w.revision + 1)
+                    let key = window_key(&window, start, &dims);
+                    let written = match self.read(&key).await? {
+                        Some((w, _)) if w.seq >= seq => {
+                            // Applied before a crash; the writes may not have happened.
+                            if recovering {
+                                self.derive(&window, start, &[(dims, w)], stop).await?;
+                            }
+                            continue;
                         }
-                        None => (delta, 0),
+                        Some((w, kv_revision)) => {
+                            let mut full =
+                                Accumulator::from_state(&w.state).map_err(|e| corrupt(&key, format!("sketch: {e}")))?;
+                            full.merge(&delta).map_err(|e| corrupt(&key, format!("sketch: {e}")))?;
+                            let next = Written { revision: w.revision + 1, seq, state: full.to_state() };
+                            self.update(&key, &next, kv_revision).await?;
+                            next
+                        }
+                        None => {
+                            // A series the window did not have before.
+                            let first = Written { revision: 0, seq, state: delta.to_state() };
+                            if self.create(&key, &first).await?.is_some() {
+                                return Err(PersistError::Fenced(key));
+                            }
+                            first
+                        }
                     };
                     metrics::counter!("modelperf_aggregator_window_revisions_total", "window" => window.name().to_owned())
                         .increment(1);
-                    self.write(&window, start, vec![(dims, full, revision)], seq, stop).await?;
+                    self.derive(&window, start, &[(dims, written)], stop).await?;
                 }
             }
         }
         Ok(())
     }
 
-    async fn written(
-        &self,
-        window: &WindowSpec,
-        start: DateTime<Utc>,
-        dims: &Dims,
-    ) -> Result<Option<Written>, BusError> {
-        let key = window_key(window, start, dims);
-        let entry = self.kv.get(&key).await.map_err(|e| BusError::js(format!("read {WINDOWS_BUCKET} {key}"), e))?;
-        Ok(entry.and_then(|b| rmp_serde::from_slice(&b).ok()))
-    }
-
-    /// Writes whole windows of one length and start: InfluxDB, `perf.metrics.<window>`, then
-    /// the bucket entry (with `seq`, the last partial sequence in them). Each series carries its
-    /// revision.
-    pub async fn write(
+    /// Commits whole windows of one length and start unconditionally (re-aggregation: windows
+    /// nothing else writes any more), each series with its revision; [`Persister::derive`]
+    /// then writes them.
+    pub async fn commit(
         &self,
         window: &WindowSpec,
         start: DateTime<Utc>,
         series: Vec<(Dims, Accumulator, u32)>,
         seq: u64,
+    ) -> Result<Vec<(Dims, Written)>, PersistError> {
+        let mut committed = Vec::with_capacity(series.len());
+        for (dims, acc, revision) in series {
+            let w = Written { revision, seq, state: acc.to_state() };
+            let key = window_key(window, start, &dims);
+            self.kv
+                .put(&key, encode(&w))
+                .await
+                .map_err(|e| BusError::js(format!("write {WINDOWS_BUCKET} {key}"), e))?;
+            committed.push((dims, w));
+        }
+        Ok(committed)
+    }
+
+    /// The committed revision of a window, if any (for re-aggregation).
+    pub async fn committed_revision(
+        &self,
+        window: &WindowSpec,
+        start: DateTime<Utc>,
+        dims: &Dims,
+    ) -> Result<Option<u32>, PersistError> {
+        Ok(self.read(&window_key(window, start, dims)).await?.map(|(w, _)| w.revision))
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<(Written, u64)>, PersistError> {
+        let entry = self.kv.entry(key).await.map_err(|e| BusError::js(format!("read {WINDOWS_BUCKET} {key}"), e))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let w: Written = rmp_serde::from_slice(&e.value).map_err(|err| corrupt(key, err.to_string()))?;
+                Ok(Some((w, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Create-only; `Some(existing)` when the key was committed already.
+    async fn create(&self, key: &str, w: &Written) -> Result<Option<Written>, PersistError> {
+        match self.kv.create(key, encode(w)).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match self.read(key).await? {
+                Some((existing, _)) => Ok(Some(existing)),
+                None => Err(PersistError::Fenced(key.to_owned())),
+            },
+            Err(e) => Err(BusError::js(format!("write {WINDOWS_BUCKET} {key}"), e).into()),
+        }
+    }
+
+    async fn update(&self, key: &str, w: &Written, revision: u64) -> Result<(), PersistError> {
+        match self.kv.update(key, encode(w), revision).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(PersistError::Fenced(key.to_owned())),
+            Err(e) => Err(BusError::js(format!("write {WINDOWS_BUCKET} {key}"), e).into()),
+        }
+    }
+
+    /// InfluxDB, then the metrics messages, from committed windows.
+    pub async fn derive(
+        &self,
+        window: &WindowSpec,
+        start: DateTime<Utc>,
+        committed: &[(Dims, Written)],
         stop: &CancellationToken,
     ) -> Result<(), PersistError> {
-        if series.is_empty() {
+        if committed.is_empty() {
             return Ok(());
         }
         let end = start + chrono::Duration::seconds(window.secs() as i64);
-        let metrics: Vec<(WindowMetrics, &Accumulator)> = series
-            .iter()
-            .map(|(dims, acc, rev)| (acc.metrics(window.name(), start, end, *rev, dims.clone()), acc))
-            .collect();
-        let points: Vec<Point> = metrics.iter().flat_map(|(m, _)| points_of(m)).collect();
+        let mut metrics = Vec::with_capacity(committed.len());
+        for (dims, w) in committed {
+            let acc = Accumulator::from_state(&w.state)
+                .map_err(|e| corrupt(&window_key(window, start, dims), format!("sketch: {e}")))?;
+            metrics.push(acc.metrics(window.name(), start, end, w.revision, dims.clone()));
+        }
+        let points: Vec<Point> = metrics.iter().flat_map(points_of).collect();
         self.influx(window.name(), &points, stop).await?;
         let mut acks = Vec::with_capacity(metrics.len());
-        for (m, _) in &metrics {
+        for m in &metrics {
             let id = format!("{}:{}:{}:{}", m.window, m.start.timestamp(), series_hash(&m.dims), m.revision);
             let body = modelperf_schema::to_msgpack(m).unwrap_or_default();
             acks.push(send(&self.js, Outgoing::new(format!("perf.metrics.{}", m.window), id, body)).await?);
@@ -211,21 +302,6 @@ impl Persister {
                 subject: format!("perf.metrics.{}", window.name()),
                 reason: e.to_string(),
             })?;
-        }
-        let mut puts = Vec::with_capacity(metrics.len());
-        for (m, acc) in &metrics {
-            let written = Written { revision: m.revision, seq, state: acc.to_state() };
-            let value = Bytes::from(rmp_serde::to_vec_named(&written).unwrap_or_default());
-            let subject = format!("$KV.{WINDOWS_BUCKET}.{}", window_key(window, start, &m.dims));
-            puts.push(
-                self.js
-                    .publish(subject.clone(), value)
-                    .await
-                    .map_err(|e| BusError::Publish { subject, reason: e.to_string() })?,
-            );
-        }
-        for put in puts {
-            put.await.map_err(|e| BusError::Publish { subject: WINDOWS_BUCKET.into(), reason: e.to_string() })?;
         }
         metrics::counter!("modelperf_aggregator_windows_written_total", "window" => window.name().to_owned())
             .increment(metrics.len() as u64);

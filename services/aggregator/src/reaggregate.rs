@@ -49,6 +49,8 @@ pub struct Summary {
     pub events_read: u64,
     /// Events that fell in a rebuilt window.
     pub events_used: u64,
+    /// Events skipped because the aggregator had refused them as `too_late`.
+    pub refused: u64,
     /// Events whose cost was computed again.
     pub repriced: u64,
     /// Window length → (windows, series) rewritten.
@@ -67,7 +69,11 @@ pub struct Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "events read {}, used {}, repriced {}", self.events_read, self.events_used, self.repriced)?;
+        writeln!(
+            f,
+            "events read {}, used {}, repriced {}, skipped as too_late {}",
+            self.events_read, self.events_used, self.repriced, self.refused
+        )?;
         for (w, (windows, series)) in &self.rewritten {
             let through = self.through.get(w).map(modelperf_schema::format_ts).unwrap_or_default();
             writeln!(f, "{w}: {windows} windows, {series} series rewritten (closed for good through {through})")?;
@@ -101,7 +107,8 @@ pub async fn reaggregate(
         Some(cp) if !cp.state.is_empty() => rmp_serde::from_slice(&cp.state).context("finaliser checkpoint")?,
         _ => bail!("the finaliser has not finalised any window yet; nothing to re-aggregate"),
     };
-    let max_age = chrono::Duration::from_std(a.max_revision_age)?;
+    // The running finaliser's setting, when it is longer than ours: its owners decided with it.
+    let max_age = chrono::Duration::from_std(a.max_revision_age.max(Duration::from_secs(marks.max_revision_age_secs)))?;
     // The end of what is closed for good, per window length.
     let mut through = BTreeMap::new();
     for w in &a.windows {
@@ -129,6 +136,7 @@ pub async fn reaggregate(
             modelperf_schema::format_ts(&from)
         );
     }
+    let refused = too_late_letters(js).await?;
     let start = from - READ_MARGIN;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
@@ -143,15 +151,26 @@ pub async fn reaggregate(
     let mut rebuilt: BTreeMap<String, Rebuilt> = BTreeMap::new();
     let mut summary = Summary { through: through.clone(), ..Summary::default() };
     let mut seen_first = None;
-    while let Some(msg) = tokio::time::timeout(Duration::from_secs(10), messages.next()).await.ok().flatten() {
-        let msg = msg.context("reading PERF_EVENTS")?;
+    let mut last_read = 0;
+    while last_read < last_seq {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+            Ok(Some(msg)) => msg.context("reading PERF_EVENTS")?,
+            Ok(None) => bail!("PERF_EVENTS ended at sequence {last_read}, before {last_seq}; nothing was written"),
+            Err(_) => {
+                bail!("PERF_EVENTS stalled at sequence {last_read} (of {last_seq}) for 30 s; nothing was written")
+            }
+        };
         let seq = msg.info().map_err(|e| anyhow::anyhow!("message metadata: {e}"))?.stream_sequence;
+        last_read = seq;
         let first = *seen_first.get_or_insert(seq);
         summary.events_read += 1;
         if summary.events_read.is_multiple_of(10_000) {
             progress(seq - first + 1, last_seq.saturating_sub(first) + 1);
         }
-        if let Ok(mut e) = modelperf_schema::from_msgpack::<Event>(&msg.payload) {
+        if refused.contains(&seq) {
+            // The aggregator refused it as too_late: it is in no window.
+            summary.refused += 1;
+        } else if let Ok(mut e) = modelperf_schema::from_msgpack::<Event>(&msg.payload) {
             let mut used = false;
             for w in &owner_windows {
                 let s = window_start(e.ts, len(w));
@@ -173,9 +192,6 @@ pub async fn reaggregate(
                 }
             }
             summary.events_used += u64::from(used);
-        }
-        if seq >= last_seq {
-            break;
         }
     }
     progress(summary.events_read, summary.events_read);
@@ -212,28 +228,71 @@ pub async fn reaggregate(
             .filter(|((_, d), _)| d.get("kind").map(String::as_str) == Some("task_completed"))
             .map(|(_, (_, cost))| cost)
             .sum::<f64>();
+        // Commit every window first (its revision then survives a crash in what follows), then
+        // replace the period's points.
+        let mut series_count = 0;
+        let mut committed = Vec::with_capacity(windows.len());
+        for (start, series) in windows {
+            let mut todo = Vec::with_capacity(series.len());
+            for (dims, acc) in series {
+                let influx_rev = existing.get(&(*start, dims.clone())).map(|(r, _)| *r);
+                let kv_rev = persister.committed_revision(w, *start, dims).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let revision = influx_rev.max(kv_rev).map_or(0, |r| r + 1);
+                if dims.get("kind").map(String::as_str) == Some("task_completed") {
+                    summary.cost_after += acc.cost_usd;
+                }
+                todo.push((dims.clone(), acc.clone(), revision));
+            }
+            series_count += todo.len();
+            let done = persister.commit(w, *start, todo, partials_seq).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            committed.push((*start, done));
+        }
         if config.influx.api == modelperf_influx::InfluxApi::V1 {
             delete_period(&sink, w, window_start(from, len(w)), through[w.name()]).await?;
             summary.deleted_first = true;
         }
-        let mut series_count = 0;
-        for (start, series) in windows {
-            let todo: Vec<(Dims, Accumulator, u32)> = series
-                .iter()
-                .map(|(dims, acc)| {
-                    let revision = existing.get(&(*start, dims.clone())).map_or(0, |(r, _)| r + 1);
-                    if dims.get("kind").map(String::as_str) == Some("task_completed") {
-                        summary.cost_after += acc.cost_usd;
-                    }
-                    (dims.clone(), acc.clone(), revision)
-                })
-                .collect();
-            series_count += todo.len();
-            persister.write(w, *start, todo, partials_seq, &never).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (start, done) in committed {
+            persister.derive(w, start, &done, &never).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         summary.rewritten.insert(w.name().to_owned(), (windows.len(), series_count));
     }
     Ok(summary)
+}
+
+/// The `PERF_EVENTS` sequences the aggregator refused as `too_late` (its dead letters).
+async fn too_late_letters(js: &Context) -> anyhow::Result<BTreeSet<u64>> {
+    use modelperf_schema::dlq;
+    let stream = js.get_stream(streams::DLQ).await.context("stream PERF_DLQ")?;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: format!("perf.dlq.{}", crate::STAGE),
+            ..Default::default()
+        })
+        .await
+        .context("ordered consumer on PERF_DLQ")?;
+    let pending = consumer.cached_info().num_pending;
+    let mut out = BTreeSet::new();
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.context("read PERF_DLQ")?;
+    let mut read = 0;
+    while read < pending {
+        let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
+            Ok(Some(m)) => m.context("reading PERF_DLQ")?,
+            _ => bail!("PERF_DLQ stalled after {read} of {pending} letters"),
+        };
+        read += 1;
+        let h = msg.headers.as_ref();
+        let code = h.and_then(|h| h.get(dlq::ERROR)).map(|v| v.as_str().to_owned());
+        let origin = h.and_then(|h| h.get(dlq::ORIGINAL_SEQ)).and_then(|v| v.as_str().parse::<u64>().ok());
+        if code.as_deref() == Some("too_late")
+            && let Some(seq) = origin
+        {
+            out.insert(seq);
+        }
+    }
+    Ok(out)
 }
 
 /// Deletes the points of window length `w` in `[from, to)` from both measurements (InfluxQL

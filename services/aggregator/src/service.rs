@@ -171,6 +171,17 @@ impl RoleContext {
         self.held.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
+    /// Counts `p` as held if that keeps this instance within `share`.
+    fn reserve(&self, p: u32, share: usize) -> bool {
+        match self.held.lock() {
+            Ok(mut h) if h.len() < share => {
+                h.insert(p);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn set_held(&self, p: u32, held: bool) {
         if let Ok(mut h) = self.held.lock() {
             if held {
@@ -187,14 +198,21 @@ async fn partition_role(ctx: Arc<RoleContext>, p: u32, stop: CancellationToken) 
     let key = format!("aggregator.p{p}");
     let poll = ctx.config.bus.lease_ttl / 3;
     while !stop.is_cancelled() {
-        let lease = if ctx.held().len() < ctx.share().await {
-            match ctx.leases.try_acquire(&key).await {
+        // Reserve a place within the share first, so partitions starting together do not all
+        // grab a lease and then hand the extra ones back one by one.
+        let share = ctx.share().await;
+        let lease = if ctx.reserve(p, share) {
+            let lease = match ctx.leases.try_acquire(&key).await {
                 Ok(lease) => lease,
                 Err(e) => {
                     tracing::warn!(key, error = %e, "lease acquisition failed, will retry");
                     None
                 }
+            };
+            if lease.is_none() {
+                ctx.set_held(p, false);
             }
+            lease
         } else {
             None
         };
@@ -204,7 +222,6 @@ async fn partition_role(ctx: Arc<RoleContext>, p: u32, stop: CancellationToken) 
                 _ = tokio::time::sleep(poll) => continue,
             }
         };
-        ctx.set_held(p, true);
         let leave = stop.child_token();
         let rebalance = tokio::spawn(hand_back_when_over_share(ctx.clone(), p, leave.clone()));
         let result = own_partition(&ctx, p, leave.clone(), lease.lost()).await;
@@ -330,12 +347,15 @@ async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: Cancell
         Err(_) => 0,
     };
     let a = &ctx.config.aggregator;
+    let mut marks = marks;
+    marks.max_revision_age_secs = a.max_revision_age.as_secs();
     let mut fin = Finaliser::new(ctx.config.bus.partitions, a.owner_windows(), a.rollups(), marks);
     let persister = Persister::open(ctx.js.clone(), ctx.sink.clone(), ctx.health.clone()).await?;
     let consumer = open_at(&ctx.js, &ctx.topology, FINAL_CONSUMER, start).await?;
     tracing::info!(applied, replay_from = start, recovery_horizon = horizon, "finaliser active");
     ensure_influx(ctx, &halt).await;
-    let mut progress = FinalProgress { applied, checkpointed: applied, replayed: 0, last: None, at: Instant::now() };
+    let mut progress =
+        FinalProgress { applied, checkpointed: applied, replayed: 0, delivery: None, last: None, at: Instant::now() };
     loop {
         if lost.is_cancelled() {
             anyhow::bail!("lease {FINAL_KEY} lost");
@@ -355,6 +375,18 @@ async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: Cancell
         for msg in messages {
             let info = msg.info().map_err(|e| anyhow::anyhow!("message metadata: {e}"))?;
             let seq = info.stream_sequence;
+            // Ack-all would acknowledge a delivery never received: restart from the checkpoint.
+            if let Some(last) = progress.delivery
+                && info.consumer_sequence != last + 1
+            {
+                return Err(BusError::DeliveryGap {
+                    consumer: FINAL_CONSUMER.into(),
+                    expected: last + 1,
+                    got: info.consumer_sequence,
+                }
+                .into());
+            }
+            progress.delivery = Some(info.consumer_sequence);
             if seq <= progress.applied {
                 if seq <= applied && seq > progress.replayed {
                     // Rebuilding pending windows; acknowledged with the next checkpoint.
@@ -388,6 +420,7 @@ async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: Cancell
                                 return Ok(progress.checkpointed);
                             }
                             Err(PersistError::Bus(e)) => return Err(e.into()),
+                            Err(e @ PersistError::Fenced(_)) => return Err(e.into()),
                         }
                     }
                     Err(e) => Some((ErrorCode::Schema, e.to_string())),
@@ -415,6 +448,7 @@ struct FinalProgress {
     applied: u64,
     checkpointed: u64,
     replayed: u64,
+    delivery: Option<u64>,
     last: Option<async_nats::jetstream::Message>,
     at: Instant,
 }

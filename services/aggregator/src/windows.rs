@@ -69,6 +69,11 @@ pub struct WindowsMark {
     /// Between the two lie windows closed but not yet known to be published: a restarted owner
     /// rebuilds and publishes them again, under the same message ids.
     pub published_through: Option<DateTime<Utc>>,
+    /// The last event sequence applied when `final_through` last moved: events up to it were
+    /// judged against the close point before (`published_through`), later ones against
+    /// `final_through`. A replay judges each event the same way.
+    #[serde(default)]
+    pub decided_seq: u64,
 }
 
 /// The windows of one partition for one window length.
@@ -84,6 +89,9 @@ pub struct Windows {
     group_by: Vec<Dim>,
     /// Open windows by start.
     open: BTreeMap<DateTime<Utc>, Open>,
+    /// The first event sequence of windows closed but not yet published (the replay position
+    /// must reach back to them until they are).
+    unpublished_first: Option<u64>,
     mark: WindowsMark,
 }
 
@@ -96,6 +104,7 @@ impl Windows {
             max_revision_age,
             group_by: group_by.to_vec(),
             open: BTreeMap::new(),
+            unpublished_first: None,
             mark: WindowsMark::default(),
         }
     }
@@ -130,17 +139,34 @@ impl Windows {
     /// Whether an event falls in a window closed more than `max_revision_age` before the close
     /// point: it is refused as `too_late`.
     pub fn too_late(&self, e: &Event) -> bool {
-        let end = window_start(e.ts, self.len) + self.len;
-        self.mark.final_through.is_some_and(|ft| end <= ft - self.max_revision_age)
+        self.too_late_against(e, self.mark.final_through)
     }
 
-    /// Re-applies an event at or before the checkpoint: windows already published are skipped
-    /// (their events, revisions included, are stored), the others rebuilt.
+    fn too_late_against(&self, e: &Event, close: Option<DateTime<Utc>>) -> bool {
+        let end = window_start(e.ts, self.len) + self.len;
+        close.is_some_and(|ft| end <= ft - self.max_revision_age)
+    }
+
+    /// The close point an event at `seq` was judged against when it was applied.
+    fn close_at(&self, seq: u64) -> Option<DateTime<Utc>> {
+        if seq <= self.mark.decided_seq { self.mark.published_through } else { self.mark.final_through }
+    }
+
+    /// Whether the event at `seq` was refused as `too_late` when it was applied (replay).
+    pub fn was_too_late(&self, e: &Event, seq: u64) -> bool {
+        self.too_late_against(e, self.close_at(seq))
+    }
+
+    /// Re-applies an event at or before the checkpoint, deciding as [`Windows::add`] did: what
+    /// went into a window closed since is rebuilt (it may still have to be published); what was
+    /// a revision or refused is skipped (its partial is stored). The caller skips an event
+    /// [`Windows::was_too_late`] refused in any window length.
     pub fn replay(&mut self, e: &Event, seq: u64) {
         let start = window_start(e.ts, self.len);
-        if self.mark.published_through.is_some_and(|p| start + self.len <= p) {
+        if self.close_at(seq).is_some_and(|c| start + self.len <= c) {
             return;
         }
+        self.see(e.ts);
         let open = self.open.entry(start).or_insert_with(|| Open { first_seq: seq, series: BTreeMap::new() });
         open.first_seq = open.first_seq.min(seq);
         open.series.entry(series_of(e, &self.group_by)).or_default().add(e);
@@ -157,17 +183,24 @@ impl Windows {
         base.map(|b| b - self.lateness)
     }
 
-    /// Decides the close point for the watermark: `true` when `final_through` advanced (the
-    /// owner then checkpoints before publishing what [`Windows::take_closed`] hands out).
-    pub fn advance(&mut self, now: DateTime<Utc>, caught_up: bool) -> bool {
+    /// Decides the close point for the watermark, with `applied_seq` the last event applied:
+    /// `true` when `final_through` advanced (the owner then checkpoints before publishing what
+    /// [`Windows::take_closed`] hands out).
+    pub fn advance(&mut self, now: DateTime<Utc>, caught_up: bool, applied_seq: u64) -> bool {
         let Some(watermark) = self.watermark(now, caught_up) else { return false };
         // The last window end at or below the watermark.
         let through = window_start(watermark, self.len);
         if self.mark.final_through.is_none_or(|f| through > f) {
             self.mark.final_through = Some(through);
+            self.mark.decided_seq = applied_seq;
             return true;
         }
         false
+    }
+
+    /// Whether windows are closed but not known to be published (after a restart).
+    pub fn unpublished(&self) -> bool {
+        self.mark.final_through != self.mark.published_through
     }
 
     /// The windows closed but not yet handed out, in time order.
@@ -177,6 +210,7 @@ impl Windows {
         let still_open = self.open.split_off(&through);
         let mut out = Vec::new();
         for (start, open) in std::mem::replace(&mut self.open, still_open) {
+            self.unpublished_first = Some(self.unpublished_first.map_or(open.first_seq, |f| f.min(open.first_seq)));
             out.extend(open.series.into_iter().map(|(dims, acc)| Closed { start, dims, acc, revision: false }));
         }
         out
@@ -185,11 +219,12 @@ impl Windows {
     /// Records that everything closed so far is stored.
     pub fn published(&mut self) {
         self.mark.published_through = self.mark.final_through;
+        self.unpublished_first = None;
     }
 
     /// `advance` then `take_closed`, for callers that need no checkpoint in between.
     pub fn close(&mut self, now: DateTime<Utc>, caught_up: bool) -> Vec<Closed> {
-        self.advance(now, caught_up);
+        self.advance(now, caught_up, 0);
         let closed = self.take_closed();
         self.published();
         closed
@@ -205,9 +240,9 @@ impl Windows {
         self.mark = mark;
     }
 
-    /// The first stream sequence of any open window: where a replay must start.
+    /// The first stream sequence of any open or unpublished window: where a replay must start.
     pub fn replay_from(&self) -> Option<u64> {
-        self.open.values().map(|o| o.first_seq).min()
+        self.open.values().map(|o| o.first_seq).chain(self.unpublished_first).min()
     }
 
     /// The start of the oldest open window.
@@ -310,15 +345,15 @@ mod tests {
         let now = at("2026-11-27T12:00:00Z");
         let events = ["2026-11-27T11:00:10Z", "2026-11-27T11:01:10Z", "2026-11-27T11:05:30Z", "2026-11-27T11:00:20Z"];
         let mut w = windows();
-        let mut published = Vec::new();
         for (i, t) in events.iter().take(3).enumerate() {
             w.add(&ev(t), i as u64 + 1);
         }
-        // A close is decided and checkpointed; the owner dies before publishing it.
-        assert!(w.advance(now, false));
-        let mark = w.mark();
-        let (replay_from, applied) = (w.replay_from().unwrap(), 3u64);
-        published.extend(w.take_closed());
+        // A close is decided, its windows taken, and the decision checkpointed; the owner dies
+        // before they are published.
+        assert!(w.advance(now, false, 3));
+        let published = w.take_closed();
+        let (mark, replay_from, applied) = (w.mark(), w.replay_from().unwrap(), 3u64);
+        assert_eq!(replay_from, 1, "the replay reaches back to the closed, unpublished windows");
         w.published();
         // A late event after the close: a revision.
         assert!(matches!(w.add(&ev(events[3]), 4), Placement::Revision(_)));
@@ -326,16 +361,44 @@ mod tests {
         // The successor restores the mark and replays from the checkpoint's position.
         let mut again = windows();
         again.restore(mark);
+        assert!(again.unpublished());
         for (i, t) in events.iter().take(applied as usize).enumerate() {
             let seq = i as u64 + 1;
             if seq >= replay_from {
+                assert!(!again.was_too_late(&ev(t), seq));
                 again.replay(&ev(t), seq);
             }
         }
+        assert!(!again.advance(now, false, 3), "the close point has not moved");
         assert_eq!(again.take_closed(), published, "the same partials, under the same ids");
         again.published();
         assert!(matches!(again.add(&ev(events[3]), 4), Placement::Revision(_)));
         assert_eq!(again.open_series(), w.open_series());
+    }
+
+    #[test]
+    fn a_replay_judges_each_event_against_the_close_point_it_met() {
+        let now = at("2026-11-27T12:00:00Z");
+        let mut w = windows();
+        w.add(&ev("2026-11-27T11:30:10Z"), 1);
+        // The close point jumps from nothing to 11:58 at seq 1.
+        assert!(w.advance(now, true, 1));
+        let _ = w.take_closed();
+        // After it: a revision (11:30) and a refusal (10:30), then the checkpoint dies with
+        // the close decided but unpublished.
+        assert!(matches!(w.add(&ev("2026-11-27T11:30:20Z"), 2), Placement::Revision(_)));
+        assert!(w.too_late(&ev("2026-11-27T10:30:00Z")));
+        let mark = w.mark();
+        let mut again = windows();
+        again.restore(mark);
+        // Seq 1 met no close point: rebuilt. Seq 2 met 11:58: its revision is stored, skipped.
+        again.replay(&ev("2026-11-27T11:30:10Z"), 1);
+        again.replay(&ev("2026-11-27T11:30:20Z"), 2);
+        assert!(!again.was_too_late(&ev("2026-11-27T10:30:00Z"), 1));
+        assert!(again.was_too_late(&ev("2026-11-27T10:30:00Z"), 3));
+        let closed = again.take_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].acc.count, 1, "the revision is not folded into the republished window");
     }
 
     #[test]
