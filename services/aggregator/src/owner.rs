@@ -200,3 +200,92 @@ impl PartitionOwner for AggOwner {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::window::DEFAULT_GROUP_BY;
+    use modelperf_schema::{Data, TaskStarted};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        modelperf_schema::parse_ts(s).unwrap()
+    }
+
+    fn body(ts: &str, task_type: &str) -> Vec<u8> {
+        let mut e = Event::new(at(ts), "t", Data::TaskStarted(TaskStarted { queue_ms: Some(1.0) }));
+        e.task_type = Some(task_type.into());
+        modelperf_schema::to_msgpack(&e).unwrap()
+    }
+
+    fn incoming(payload: &[u8], seq: u64) -> Incoming<'_> {
+        Incoming {
+            subject: "perf.events.task_started.0",
+            headers: None,
+            payload,
+            stream: "PERF_EVENTS",
+            seq,
+            delivered: 1,
+        }
+    }
+
+    fn owner(clock: Arc<Mutex<DateTime<Utc>>>, marks: Option<&OwnerMarks>) -> AggOwner {
+        let specs: Vec<WindowSpec> = vec!["1m".parse().unwrap()];
+        AggOwner::new(0, &specs, Duration::from_secs(120), Duration::from_secs(3600), &DEFAULT_GROUP_BY, marks)
+            .with_clock(move || *clock.lock().unwrap())
+    }
+
+    /// (msg id, body) of every output, to compare publications.
+    fn ids(out: &[Outgoing]) -> Vec<(String, Vec<u8>)> {
+        out.iter().map(|o| (o.msg_id.clone(), o.payload.to_vec())).collect()
+    }
+
+    /// The owner dies after checkpointing a close and before its partials are stored; the
+    /// successor, replaying from that checkpoint, publishes exactly the same partials under the
+    /// same ids on its first tick, and late events after the close stay revisions.
+    #[test]
+    fn a_crash_between_the_decision_and_the_publish_republishes_the_same_partials() {
+        let clock = Arc::new(Mutex::new(at("2026-11-27T10:10:00Z")));
+        let events: Vec<Vec<u8>> = [
+            ("2026-11-27T10:00:05Z", "a"),
+            ("2026-11-27T10:00:30Z", "b"),
+            ("2026-11-27T10:01:10Z", "a"),
+            ("2026-11-27T10:00:40Z", "a"),
+        ]
+        .iter()
+        .map(|(ts, tt)| body(ts, tt))
+        .collect();
+        let mut first = owner(clock.clone(), None);
+        for (i, b) in events.iter().take(3).enumerate() {
+            assert!(first.apply(&incoming(b, i as u64 + 1)).unwrap().is_empty());
+        }
+        // Idle: the clock closes everything up to 10:08; the loop checkpoints, then publishes.
+        let published = first.tick(true);
+        let decision = first.checkpoint(3);
+        assert_eq!(decision.replay_from, Some(1), "the replay must reach the unpublished windows");
+        assert_eq!(published.len(), 2 + 1 + 1, "three series in two minutes, and the report");
+        // ... and dies before `published()`.
+
+        let marks = AggOwner::marks_of(&decision).unwrap();
+        let mut next = owner(clock.clone(), Some(&marks));
+        for (i, b) in events.iter().take(3).enumerate() {
+            let seq = i as u64 + 1;
+            if seq >= decision.replay_from.unwrap() {
+                next.replay(&incoming(b, seq));
+            }
+        }
+        // A late event for 10:00 arrives before the successor's first tick: a revision.
+        let late = next.apply(&incoming(&events[3], 4)).unwrap();
+        assert_eq!(late.len(), 1);
+        assert!(late[0].msg_id.ends_with(":e4"), "{}", late[0].msg_id);
+        // The close point has not moved, yet the successor republishes the same partials.
+        assert_eq!(ids(&next.tick(true)), ids(&published));
+        next.published();
+        assert!(next.tick(true).is_empty(), "nothing more until the clock moves");
+        *clock.lock().unwrap() = at("2026-11-27T10:11:00Z");
+        let report = next.tick(true);
+        assert_eq!(report.len(), 1, "only the watermark report: {:?}", ids(&report));
+    }
+}
