@@ -1,0 +1,555 @@
+//! The open joins of one partition: every event of a task gathered until the task becomes a
+//! sample — its required parts present and the grace for optional parts over, or its join window
+//! over with the required parts present — or expires without them (counted by reason).
+//!
+//! A join is the same whatever order its parts arrive in and however often one is delivered:
+//! duplicates (same event id) are ignored; of several events of one kind, the routing decision
+//! kept is the earliest (by `ts`, then id), the completion, validation and thinking budget the
+//! latest, and several judgments are averaged. A part for a task already emitted is late and
+//! counted, never a second sample.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use modelperf_schema::messages::{Action, Sample};
+use modelperf_schema::{Data, Event, Kind, ModelRef, RoutingDecision};
+use serde_json::{Value, json};
+
+use crate::config::RlConfig;
+use crate::reward::{Outcome, components, reward};
+
+/// What happened to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// Joined to its task.
+    Joined,
+    /// The same event again.
+    Duplicate,
+    /// Its task was already emitted (or expired).
+    Late,
+    /// No `task_id`: nothing to join.
+    NoTask,
+    /// A kind that is no part of a sample (`agent_status`, `custom`).
+    Ignored,
+}
+
+/// Why a join ended without a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Expiry {
+    /// The join window passed without this required part.
+    Missing(Kind),
+    /// The partition held `max_open_joins` joins; the oldest made room.
+    Overflow,
+}
+
+impl Expiry {
+    /// Metric label.
+    pub fn label(&self) -> String {
+        match self {
+            Expiry::Missing(k) => format!("missing_{k}"),
+            Expiry::Overflow => "overflow".into(),
+        }
+    }
+}
+
+/// An event's position for order-independent choices (`ts`, then id), with what it says.
+type Ranked<T> = Option<(DateTime<Utc>, String, T)>;
+
+/// One task's parts.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// The task.
+    pub task_id: String,
+    /// The first stream sequence of its events (a replay must start at or before it).
+    pub first_seq: u64,
+    /// When its first part arrived (wall clock).
+    pub opened: DateTime<Utc>,
+    /// When its required parts were all present.
+    pub complete_at: Option<DateTime<Utc>>,
+    event_ids: BTreeSet<String>,
+    kinds: BTreeSet<Kind>,
+    task_type: Option<String>,
+    tenant: Option<String>,
+    agent_id: Option<String>,
+    routing: Ranked<RoutingDecision>,
+    completion: Ranked<Event>,
+    judgments: BTreeMap<String, f64>,
+    validation: Ranked<f64>,
+    budget: Ranked<(u64, Option<String>)>,
+}
+
+fn earliest<T>(slot: &mut Ranked<T>, ts: DateTime<Utc>, id: &str, v: T) {
+    if slot.as_ref().is_none_or(|(t, i, _)| (ts, id) < (*t, i.as_str())) {
+        *slot = Some((ts, id.to_owned(), v));
+    }
+}
+
+fn latest<T>(slot: &mut Ranked<T>, ts: DateTime<Utc>, id: &str, v: T) {
+    if slot.as_ref().is_none_or(|(t, i, _)| (ts, id) > (*t, i.as_str())) {
+        *slot = Some((ts, id.to_owned(), v));
+    }
+}
+
+impl Join {
+    fn new(task_id: &str, seq: u64, now: DateTime<Utc>) -> Self {
+        Self {
+            task_id: task_id.to_owned(),
+            first_seq: seq,
+            opened: now,
+            complete_at: None,
+            event_ids: BTreeSet::new(),
+            kinds: BTreeSet::new(),
+            task_type: None,
+            tenant: None,
+            agent_id: None,
+            routing: None,
+            completion: None,
+            judgments: BTreeMap::new(),
+            validation: None,
+            budget: None,
+        }
+    }
+
+    fn add(&mut self, e: &Event, id: &str, seq: u64) {
+        self.first_seq = self.first_seq.min(seq);
+        self.event_ids.insert(id.to_owned());
+        self.kinds.insert(e.kind());
+        // Context fields: the smallest value seen, so arrival order does not matter.
+        let keep_min = |slot: &mut Option<String>, v: &Option<String>| {
+            if let Some(v) = v
+                && slot.as_ref().is_none_or(|s| v < s)
+            {
+                *slot = Some(v.clone());
+            }
+        };
+        keep_min(&mut self.task_type, &e.task_type);
+        keep_min(&mut self.tenant, &e.tenant);
+        keep_min(&mut self.agent_id, &e.agent_id);
+        match &e.data {
+            Data::RoutingDecision(d) => earliest(&mut self.routing, e.ts, id, d.clone()),
+            Data::TaskCompleted(_) => latest(&mut self.completion, e.ts, id, e.clone()),
+            Data::Judgment(d) => {
+                self.judgments.insert(id.to_owned(), d.score);
+            }
+            Data::Validation(d) => latest(&mut self.validation, e.ts, id, d.compliance_score),
+            Data::ThinkingBudget(d) => latest(&mut self.budget, e.ts, id, (d.budget_tokens, d.complexity.clone())),
+            Data::TaskStarted(_) | Data::Minimality(_) | Data::AgentStatus(_) | Data::Custom(_) => {}
+        }
+    }
+
+    fn has(&self, required: &[Kind]) -> bool {
+        required.iter().all(|k| self.kinds.contains(k))
+    }
+
+    /// The dataset of this task.
+    pub fn dataset(&self, config: &RlConfig) -> String {
+        let key = match config.dataset_by {
+            crate::config::DatasetBy::TaskType => self.task_type.as_deref(),
+            crate::config::DatasetBy::Tenant => self.tenant.as_deref(),
+        };
+        modelperf_schema::names::subject_token(key.unwrap_or("default"))
+    }
+
+    /// The sample of this task, or why there is none (a quality filter's reason).
+    pub fn sample(&self, config: &RlConfig) -> Result<Sample, &'static str> {
+        let completion = self.completion.as_ref().map(|(_, _, e)| e);
+        let completed = completion.and_then(|e| match &e.data {
+            Data::TaskCompleted(d) => Some(d),
+            _ => None,
+        });
+        let quality = if self.judgments.is_empty() {
+            None
+        } else {
+            let scores: Vec<f64> = self.judgments.values().copied().collect();
+            if scores.iter().any(|s| !(s.is_finite() && (0.0..=1.0).contains(s))) {
+                return Err("score_out_of_range");
+            }
+            Some(scores.iter().sum::<f64>() / scores.len() as f64)
+        };
+        let outcome = Outcome {
+            quality,
+            success: completed.map(|d| d.success),
+            latency_ms: completed.map(|d| d.latency_ms),
+            cost_usd: completion.and_then(|e| e.cost.as_ref()).and_then(|c| c.usd),
+            compliance: self.validation.as_ref().map(|(_, _, c)| *c),
+        };
+        if [outcome.latency_ms, outcome.cost_usd, outcome.compliance].iter().flatten().any(|v| !v.is_finite()) {
+            return Err("non_finite");
+        }
+        let reference = config.reference_of(self.task_type.as_deref());
+        let comps = components(&outcome, reference);
+        let Some(r) = reward(&comps, &config.reward) else { return Err("no_reward") };
+        let action = match &self.routing {
+            Some((_, _, d)) => Action {
+                agent_id: Some(d.chosen.agent_id.clone()),
+                chosen: d.chosen.model.clone(),
+                probability: d.probability.or_else(|| {
+                    d.candidates
+                        .iter()
+                        .find(|c| c.agent_id == d.chosen.agent_id && c.model == d.chosen.model)
+                        .and_then(|c| c.probability)
+                }),
+            },
+            None => match completion.and_then(|e| e.model.clone()) {
+                Some(model) => Action { agent_id: self.agent_id.clone(), chosen: model, probability: None },
+                None => return Err("no_action"),
+            },
+        };
+        if action.probability.is_some_and(|p| !(p.is_finite() && p > 0.0 && p <= 1.0)) {
+            return Err("probability_out_of_range");
+        }
+        let weight = match completion.and_then(|e| e.sample_rate) {
+            Some(rate) if rate > 0.0 && rate <= 1.0 => 1.0 / rate,
+            _ => 1.0,
+        };
+        Ok(Sample {
+            task_id: self.task_id.clone(),
+            state: self.state(),
+            action,
+            reward: r,
+            reward_components: comps,
+            done: true,
+            event_ids: self.event_ids.iter().cloned().collect(),
+            weight,
+        })
+    }
+
+    /// Decision-time information only: never the outcome, never the chosen arm.
+    fn state(&self) -> BTreeMap<String, Value> {
+        let mut s = BTreeMap::new();
+        s.insert("task_type".into(), json!(self.task_type));
+        if let Some(tenant) = &self.tenant {
+            s.insert("tenant".into(), json!(tenant));
+        }
+        if let Some((_, _, d)) = &self.routing {
+            let model = |m: &ModelRef| format!("{}/{}", m.provider, m.name);
+            let candidates: Vec<Value> = d
+                .candidates
+                .iter()
+                .map(|c| json!({"agent_id": c.agent_id, "model": model(&c.model), "score": c.score, "probability": c.probability}))
+                .collect();
+            s.insert("candidates".into(), Value::Array(candidates));
+            s.insert("strategy".into(), json!(d.strategy));
+            s.insert("features".into(), serde_json::to_value(&d.features).unwrap_or(Value::Null));
+        }
+        if let Some((_, _, (budget, complexity))) = &self.budget {
+            s.insert("budget_tokens".into(), json!(budget));
+            if let Some(c) = complexity {
+                s.insert("complexity".into(), json!(c));
+            }
+        }
+        s
+    }
+}
+
+/// A task ready to become a sample.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Its parts.
+    pub join: Join,
+}
+
+/// The open joins of a partition.
+#[derive(Debug)]
+pub struct Joins {
+    required: Vec<Kind>,
+    window: Duration,
+    grace: Duration,
+    max_open: usize,
+    open: HashMap<String, Join>,
+    /// Tasks emitted or expired, remembered for a join window to recognise late parts.
+    closed: HashSet<String>,
+    closed_order: std::collections::VecDeque<(DateTime<Utc>, String)>,
+}
+
+impl Joins {
+    /// Empty joins with the configuration's window, grace, required parts and cap.
+    pub fn new(config: &RlConfig) -> Self {
+        let to = |d: std::time::Duration| Duration::from_std(d).unwrap_or(Duration::MAX);
+        Self {
+            required: config.required.clone(),
+            window: to(config.join_window),
+            grace: to(config.join_grace),
+            max_open: config.max_open_joins,
+            open: HashMap::new(),
+            closed: HashSet::new(),
+            closed_order: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Open joins.
+    pub fn len(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+
+    /// The first stream sequence of any open join.
+    pub fn replay_from(&self) -> Option<u64> {
+        self.open.values().map(|j| j.first_seq).min()
+    }
+
+    /// Adds an event (stream sequence `seq`) at wall-clock `now`. A join beyond the cap expires
+    /// the oldest one, returned in the second value.
+    pub fn add(&mut self, e: &Event, seq: u64, now: DateTime<Utc>) -> (Added, Option<(Join, Expiry)>) {
+        if matches!(e.kind(), Kind::AgentStatus | Kind::Custom) {
+            return (Added::Ignored, None);
+        }
+        let Some(task_id) = e.task_id.as_deref() else { return (Added::NoTask, None) };
+        if self.closed.contains(task_id) {
+            return (Added::Late, None);
+        }
+        let id = e.id.clone().unwrap_or_else(|| format!("seq-{seq}"));
+        let mut evicted = None;
+        if !self.open.contains_key(task_id)
+            && self.open.len() >= self.max_open
+            && let Some(old) = self.oldest()
+        {
+            evicted = self.close(&old, now).map(|j| (j, Expiry::Overflow));
+        }
+        let join = self.open.entry(task_id.to_owned()).or_insert_with(|| Join::new(task_id, seq, now));
+        if join.event_ids.contains(&id) {
+            return (Added::Duplicate, evicted);
+        }
+        join.add(e, &id, seq);
+        if join.complete_at.is_none() && join.has(&self.required) {
+            join.complete_at = Some(now);
+        }
+        (Added::Joined, evicted)
+    }
+
+    fn oldest(&self) -> Option<String> {
+        self.open.values().min_by_key(|j| (j.opened, j.first_seq)).map(|j| j.task_id.clone())
+    }
+
+    fn close(&mut self, task_id: &str, now: DateTime<Utc>) -> Option<Join> {
+        let join = self.open.remove(task_id)?;
+        self.closed.insert(task_id.to_owned());
+        self.closed_order.push_back((now, task_id.to_owned()));
+        Some(join)
+    }
+
+    /// Tasks whose grace is over (ready) and joins whose window passed (ready when the required
+    /// parts are present, else expired with the first missing part).
+    pub fn due(&mut self, now: DateTime<Utc>) -> (Vec<Ready>, Vec<(Join, Expiry)>) {
+        // Forget closed tasks older than a window: a part that late is a new, incomplete join
+        // that expires (the ledger still keeps it out of a second batch).
+        while let Some((t, _)) = self.closed_order.front()
+            && *t + self.window <= now
+        {
+            if let Some((_, id)) = self.closed_order.pop_front() {
+                self.closed.remove(&id);
+            }
+        }
+        let mut due: Vec<(DateTime<Utc>, u64, String)> = self
+            .open
+            .values()
+            .filter(|j| j.complete_at.is_some_and(|c| c + self.grace <= now) || j.opened + self.window <= now)
+            .map(|j| (j.opened, j.first_seq, j.task_id.clone()))
+            .collect();
+        due.sort();
+        let (mut ready, mut expired) = (Vec::new(), Vec::new());
+        for (_, _, task_id) in due {
+            let Some(join) = self.close(&task_id, now) else { continue };
+            match self.required.iter().find(|k| !join.kinds.contains(k)) {
+                None => ready.push(Ready { join }),
+                Some(missing) => expired.push((join, Expiry::Missing(*missing))),
+            }
+        }
+        (ready, expired)
+    }
+
+    /// Closes every open join now (shutdown): the complete ones are ready, the rest stay for
+    /// the successor's replay (they are returned to be counted, not expired).
+    pub fn drain_complete(&mut self, now: DateTime<Utc>) -> Vec<Ready> {
+        let complete: Vec<String> =
+            self.open.values().filter(|j| j.complete_at.is_some()).map(|j| j.task_id.clone()).collect();
+        complete.into_iter().filter_map(|t| self.close(&t, now)).map(|join| Ready { join }).collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use modelperf_schema::{Candidate, Chosen, Cost, Judgment, TaskCompleted, TaskStarted, ThinkingBudget, Validation};
+    use proptest::prelude::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        modelperf_schema::parse_ts(s).unwrap()
+    }
+
+    fn model(s: &str) -> ModelRef {
+        ModelRef::parse_short(s).unwrap()
+    }
+
+    fn ev(id: &str, task: &str, ts: &str, data: Data) -> Event {
+        let mut e = Event::new(at(ts), "t", data);
+        e.id = Some(id.into());
+        e.task_id = Some(task.into());
+        e.task_type = Some("code_edit".into());
+        e
+    }
+
+    /// Every part of task `t`: routing, start, budget, completion, two judgments, validation.
+    fn parts(t: &str) -> Vec<Event> {
+        let routing = RoutingDecision {
+            strategy: "ucb".into(),
+            chosen: Chosen { agent_id: "coder".into(), model: model("openai/gpt-4o") },
+            candidates: vec![
+                Candidate {
+                    agent_id: "coder".into(),
+                    model: model("openai/gpt-4o"),
+                    score: 0.7,
+                    probability: Some(0.6),
+                },
+                Candidate {
+                    agent_id: "coder".into(),
+                    model: model("anthropic/claude-sonnet-4"),
+                    score: 0.5,
+                    probability: Some(0.4),
+                },
+            ],
+            probability: None,
+            features: BTreeMap::from([("files".into(), modelperf_schema::Feature::Number(3.0))]),
+            decision_ms: 2.0,
+        };
+        let mut done = ev(
+            &format!("{t}-c"),
+            t,
+            "2026-11-27T10:00:05Z",
+            Data::TaskCompleted(TaskCompleted {
+                latency_ms: 4_000.0,
+                ttft_ms: None,
+                success: true,
+                error_kind: None,
+                tokens: None,
+                retries: None,
+                tool_calls: None,
+                cpu_ms: None,
+                memory_mb: None,
+            }),
+        );
+        done.model = Some(model("openai/gpt-4o"));
+        done.cost = Some(Cost::priced(0.02, "p"));
+        done.sample_rate = Some(0.5);
+        let judgment = |id: &str, score: f64| {
+            ev(
+                id,
+                t,
+                "2026-11-27T10:00:06Z",
+                Data::Judgment(Judgment {
+                    judge_model: model("openai/gpt-4o-mini"),
+                    score,
+                    criteria: BTreeMap::new(),
+                    confidence: None,
+                    passed: None,
+                    tokens: None,
+                }),
+            )
+        };
+        vec![
+            ev(&format!("{t}-r"), t, "2026-11-27T10:00:00Z", Data::RoutingDecision(routing)),
+            ev(&format!("{t}-s"), t, "2026-11-27T10:00:01Z", Data::TaskStarted(TaskStarted { queue_ms: Some(5.0) })),
+            ev(
+                &format!("{t}-b"),
+                t,
+                "2026-11-27T10:00:01Z",
+                Data::ThinkingBudget(ThinkingBudget {
+                    budget_tokens: 4_000,
+                    used_tokens: 1_000,
+                    exhausted: false,
+                    complexity: Some("medium".into()),
+                }),
+            ),
+            done,
+            judgment(&format!("{t}-j1"), 0.8),
+            judgment(&format!("{t}-j2"), 0.6),
+            ev(
+                &format!("{t}-v"),
+                t,
+                "2026-11-27T10:00:07Z",
+                Data::Validation(Validation {
+                    valid: true,
+                    violations: vec![],
+                    compliance_score: 0.9,
+                    duration_ms: 1.0,
+                }),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_complete_task_waits_for_the_grace_then_becomes_one_sample() {
+        let cfg = RlConfig::default();
+        let mut j = Joins::new(&cfg);
+        let t0 = at("2026-11-27T10:00:10Z");
+        for (i, e) in parts("t1").iter().enumerate() {
+            assert_eq!(j.add(e, i as u64 + 1, t0).0, Added::Joined);
+        }
+        assert!(j.due(t0 + Duration::seconds(4)).0.is_empty(), "within the grace");
+        let (ready, expired) = j.due(t0 + Duration::seconds(5));
+        assert!(expired.is_empty());
+        let s = ready[0].join.sample(&cfg).unwrap();
+        assert_eq!(s.task_id, "t1");
+        assert_eq!(s.action.chosen, model("openai/gpt-4o"));
+        assert_eq!(s.action.probability, Some(0.6), "the chosen candidate's propensity");
+        assert_eq!(s.weight, 2.0);
+        assert!((s.reward_components["quality"] - 0.7).abs() < 1e-12, "two judgments averaged");
+        assert_eq!(s.event_ids.len(), 7);
+        // The state holds what the router knew, not what happened.
+        for k in ["candidates", "features", "strategy", "budget_tokens", "complexity", "task_type"] {
+            assert!(s.state.contains_key(k), "{k}");
+        }
+        for k in ["chosen", "success", "latency_ms", "reward", "score", "cost_usd"] {
+            assert!(!s.state.contains_key(k), "{k} leaks the outcome or the arm");
+        }
+        // A part arriving later is late, never a second sample.
+        let again = &parts("t1")[4];
+        assert_eq!(j.add(again, 99, t0 + Duration::seconds(6)).0, Added::Late);
+        assert!(j.is_empty());
+    }
+
+    #[test]
+    fn incomplete_joins_expire_with_the_missing_part_and_the_cap_evicts_the_oldest() {
+        let cfg = RlConfig { max_open_joins: 2, ..RlConfig::default() };
+        let mut j = Joins::new(&cfg);
+        let t0 = at("2026-11-27T10:00:10Z");
+        j.add(&parts("a")[3], 1, t0); // a completion without a judgment
+        j.add(&parts("b")[4], 2, t0 + Duration::seconds(1)); // a judgment without a completion
+        let (_, evicted) = j.add(&parts("c")[3], 3, t0 + Duration::seconds(2));
+        assert_eq!(evicted.map(|(j, why)| (j.task_id, why)), Some(("a".into(), Expiry::Overflow)));
+        let (ready, expired) = j.due(t0 + Duration::minutes(11));
+        assert!(ready.is_empty());
+        let why: Vec<_> = expired.iter().map(|(j, e)| (j.task_id.clone(), e.label())).collect();
+        assert_eq!(why, [("b".into(), "missing_task_completed".into()), ("c".into(), "missing_judgment".into())]);
+    }
+
+    proptest! {
+        /// Any arrival order, with duplicates: the same sample.
+        #[test]
+        fn the_sample_does_not_depend_on_arrival_order_or_duplicates(
+            order in Just((0..7usize).collect::<Vec<_>>()).prop_shuffle(),
+            dups in proptest::collection::vec(0..7usize, 0..5),
+        ) {
+            let cfg = RlConfig::default();
+            let all = parts("t");
+            let reference = {
+                let mut j = Joins::new(&cfg);
+                for (i, e) in all.iter().enumerate() { j.add(e, i as u64 + 1, at("2026-11-27T10:00:10Z")); }
+                j.due(at("2026-11-27T11:00:00Z")).0.pop().unwrap().join.sample(&cfg).unwrap()
+            };
+            let mut j = Joins::new(&cfg);
+            for (n, i) in order.iter().chain(dups.iter()).enumerate() {
+                j.add(&all[*i], n as u64 + 1, at("2026-11-27T10:00:10Z"));
+            }
+            let (ready, expired) = j.due(at("2026-11-27T11:00:00Z"));
+            prop_assert!(expired.is_empty());
+            prop_assert_eq!(ready.len(), 1);
+            prop_assert_eq!(ready[0].join.sample(&cfg).unwrap(), reference);
+        }
+    }
+}
