@@ -9,9 +9,11 @@
 //!   normalisation references;
 //! - [`join`]: the open joins of a partition, and when a task becomes a sample;
 //! - [`reward`]: reward components, their normalisation and the weighted reward;
-//! - [`batch`]: samples → batches, `batch_id`, `content_hash`, statistics, quality filters.
+//! - [`batch`]: samples → batches, `batch_id`, `content_hash`, statistics, quality filters;
+//! - [`state`]: a partition's joins, open batches, and batches decided before they are published.
 
 pub mod batch;
 pub mod config;
 pub mod join;
 pub mod reward;
+pub mod state;
