@@ -68,6 +68,9 @@ pub struct Counts {
     pub duplicates: u64,
 }
 
+/// A decided batch's samples rebuilt so far: task → (sample, first and last sequence).
+type Slots = BTreeMap<String, (Sample, u64, u64)>;
+
 /// One partition.
 #[derive(Debug)]
 pub struct Partition {
@@ -78,7 +81,7 @@ pub struct Partition {
     open: BTreeMap<String, Open>,
     /// Quality-filter drops per dataset since its batch opened.
     filtered: BTreeMap<String, BTreeMap<String, u64>>,
-    decided: Vec<(Decided, BTreeMap<String, (Sample, u64, u64)>)>,
+    decided: Vec<(Decided, Slots)>,
     counts: Counts,
 }
 
