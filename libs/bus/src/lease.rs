@@ -34,6 +34,11 @@ impl Leases {
         Ok(Self { kv, ttl, instance: instance.to_owned(), held: Arc::default() })
     }
 
+    /// The lease TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// This process's instance id (the lease value).
     pub fn instance(&self) -> &str {
         &self.instance

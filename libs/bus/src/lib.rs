@@ -13,6 +13,7 @@
 //! - [`lease`]: one owner at a time per key;
 //! - [`checkpoint`]: compare-and-set checkpoints;
 //! - [`owner`]: the stateful apply → checkpoint → ack-all loop;
+//! - [`share`]: partitions shared among replicas by leases, fair share and hand-over;
 //! - [`error`]: [`BusError`] and its classes.
 
 pub mod checkpoint;
@@ -24,6 +25,7 @@ pub mod owner;
 pub mod partition;
 pub mod publish;
 pub mod runner;
+pub mod share;
 pub mod topology;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
@@ -35,4 +37,5 @@ pub use owner::{OwnerConfig, PartitionOwner, open_at, run_owner};
 pub use partition::partition_of;
 pub use publish::{Origin, Outgoing, TRACEPARENT, dead_letter, publish, send};
 pub use runner::{Failure, Handler, Incoming, RunStats, RunnerConfig, run};
+pub use share::Share;
 pub use topology::{Service, Topology, buckets, streams};

@@ -1,8 +1,7 @@
 //! The process: connecting, the roles' loops under their leases, health, heartbeats, the drain.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -10,8 +9,8 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use modelperf_bus::{
-    BusError, CheckpointStore, Incoming, Leases, OwnerConfig, Service, Topology, dead_letter, open_at, run_owner, send,
-    streams,
+    BusError, CheckpointStore, Incoming, Leases, OwnerConfig, Service, Share, Topology, dead_letter, open_at,
+    run_owner, send, streams,
 };
 use modelperf_influx::Sink;
 use modelperf_schema::ErrorCode;
@@ -84,10 +83,8 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let leases = Leases::open(&self.js, self.config.bus.lease_ttl, &self.instance).await?;
-        let member = leases
-            .try_acquire(&format!("aggregator.member.{}", self.instance))
-            .await?
-            .context("instance id already registered")?;
+        let (share, member) =
+            Share::join(&leases, STAGE, self.config.bus.partitions, self.config.aggregator.max_partitions).await?;
         let beat = {
             let leases = leases.clone();
             modelperf_telemetry::heartbeat(
@@ -108,11 +105,14 @@ impl App {
             leases: leases.clone(),
             health: self.health.clone(),
             sink: self.sink.clone(),
-            held: Arc::default(),
         });
         let mut roles = tokio::task::JoinSet::new();
         for p in 0..self.config.bus.partitions {
-            roles.spawn(partition_role(ctx.clone(), p, stop.clone()));
+            let ctx = ctx.clone();
+            roles.spawn(share.clone().run(p, stop.clone(), move |p, leave, lost| {
+                let ctx = ctx.clone();
+                async move { own_partition(&ctx, p, leave, lost).await }
+            }));
         }
         if self.config.aggregator.finaliser {
             roles.spawn(finaliser_role(ctx.clone(), stop.clone()));
@@ -145,8 +145,6 @@ struct RoleContext {
     leases: Leases,
     health: Health,
     sink: Sink,
-    /// Partitions this instance owns now.
-    held: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl RoleContext {
@@ -155,108 +153,6 @@ impl RoleContext {
             stage: STAGE.into(),
             fetch_batch: self.config.bus.fetch_batch,
             checkpoint_interval: self.config.bus.checkpoint_interval,
-        }
-    }
-
-    /// The most partitions this instance should own: its share of the live instances.
-    async fn share(&self) -> usize {
-        let max = self.config.aggregator.max_partitions as usize;
-        let partitions = self.config.bus.partitions as usize;
-        let members = self.leases.count("aggregator.member.").await.unwrap_or(1).max(1);
-        let fair = partitions.div_ceil(members);
-        if max > 0 { fair.min(max) } else { fair }
-    }
-
-    fn held(&self) -> BTreeSet<u32> {
-        self.held.lock().map(|h| h.clone()).unwrap_or_default()
-    }
-
-    /// Counts `p` as held if that keeps this instance within `share`.
-    fn reserve(&self, p: u32, share: usize) -> bool {
-        match self.held.lock() {
-            Ok(mut h) if h.len() < share => {
-                h.insert(p);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    fn set_held(&self, p: u32, held: bool) {
-        if let Ok(mut h) = self.held.lock() {
-            if held {
-                h.insert(p);
-            } else {
-                h.remove(&p);
-            }
-        }
-    }
-}
-
-/// Owns partition `p` whenever its lease is free and this instance is below its share.
-async fn partition_role(ctx: Arc<RoleContext>, p: u32, stop: CancellationToken) {
-    let key = format!("aggregator.p{p}");
-    let poll = ctx.config.bus.lease_ttl / 3;
-    while !stop.is_cancelled() {
-        // Reserve a place within the share first, so partitions starting together do not all
-        // grab a lease and then hand the extra ones back one by one.
-        let share = ctx.share().await;
-        let lease = if ctx.reserve(p, share) {
-            let lease = match ctx.leases.try_acquire(&key).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    tracing::warn!(key, error = %e, "lease acquisition failed, will retry");
-                    None
-                }
-            };
-            if lease.is_none() {
-                ctx.set_held(p, false);
-            }
-            lease
-        } else {
-            None
-        };
-        let Some(lease) = lease else {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(poll) => continue,
-            }
-        };
-        let leave = stop.child_token();
-        let rebalance = tokio::spawn(hand_back_when_over_share(ctx.clone(), p, leave.clone()));
-        let result = own_partition(&ctx, p, leave.clone(), lease.lost()).await;
-        leave.cancel();
-        let _ = rebalance.await;
-        ctx.set_held(p, false);
-        match result {
-            Ok(seq) => tracing::info!(partition = p, checkpointed = seq, "partition handed over"),
-            Err(e) => tracing::warn!(partition = p, error = %e, "partition owner stopped"),
-        }
-        lease.release().await;
-        if !stop.is_cancelled() {
-            // Give the others a chance at what was just released.
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(poll) => {}
-            }
-        }
-    }
-}
-
-/// Stops the owner of `p` (through `leave`) when this instance holds more than its share and
-/// `p` is its highest partition.
-async fn hand_back_when_over_share(ctx: Arc<RoleContext>, p: u32, leave: CancellationToken) {
-    let every = ctx.config.bus.lease_ttl / 3;
-    loop {
-        tokio::select! {
-            _ = leave.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let held = ctx.held();
-        if held.len() > ctx.share().await && held.last() == Some(&p) {
-            tracing::info!(partition = p, "over this instance's share: handing the partition over");
-            leave.cancel();
-            return;
         }
     }
 }
