@@ -2,10 +2,51 @@
 //! `MODELPERF_RL__<KEY>`).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use modelperf_bus::{BusConfig, ConfigError, NatsConfig};
 use modelperf_schema::Kind;
 use serde::{Deserialize, Serialize};
+
+/// Everything the rl-pipeline reads. Sections of other services are ignored; unknown keys inside
+/// a section are errors.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// How to reach NATS.
+    pub nats: NatsConfig,
+    /// Stream and consumer limits.
+    pub bus: BusConfig,
+    /// The health and metrics endpoint.
+    pub http: HttpConfig,
+    /// The pipeline itself.
+    pub rl: RlConfig,
+}
+
+/// `[http]`: where `/healthz`, `/readyz` and `/metrics` listen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; port 0 picks a free one.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9105)) }
+    }
+}
+
+impl Config {
+    /// Loads and checks the configuration; the error names the key.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let config: Config = modelperf_bus::config::load(file)?;
+        config.bus.validate()?;
+        config.rl.validate().map_err(|reason| ConfigError::Invalid { key: "rl".into(), reason })?;
+        Ok(config)
+    }
+}
 
 /// `[rl]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +72,8 @@ pub struct RlConfig {
     pub max_open_joins: usize,
     /// What a batch is per: `task_type` (default) or `tenant`.
     pub dataset_by: DatasetBy,
+    /// Partitions one replica owns at most (0: its fair share of the live replicas).
+    pub max_partitions: u32,
     /// The reward.
     pub reward: RewardConfig,
 }
@@ -46,6 +89,7 @@ impl Default for RlConfig {
             required: vec![Kind::TaskCompleted, Kind::Judgment],
             max_open_joins: 2_000_000,
             dataset_by: DatasetBy::TaskType,
+            max_partitions: 0,
             reward: RewardConfig::default(),
         }
     }
@@ -148,5 +192,49 @@ impl RlConfig {
     /// The reference of a task type.
     pub fn reference_of(&self, task_type: Option<&str>) -> Reference {
         task_type.and_then(|t| self.reward.reference.get(t)).copied().unwrap_or(self.reward.default_reference)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::result_large_err)] // figment's Jail returns its own error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_keys_reach_the_pipeline() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("r.toml", "[rl.reward.weights]\nquality = 1.0\n[rl.reward.reference.code_edit]\nlatency_ms = 3000.0\ncost_usd = 0.02\n")?;
+            jail.set_env("MODELPERF_RL__BATCH_SIZE", "64");
+            jail.set_env("MODELPERF_RL__BATCH_MAX_AGE", "2s");
+            jail.set_env("MODELPERF_RL__JOIN_WINDOW", "1m");
+            jail.set_env("MODELPERF_RL__JOIN_GRACE", "1s");
+            jail.set_env("MODELPERF_RL__REQUIRED", "task_completed");
+            jail.set_env("MODELPERF_AGGREGATOR__WINDOWS", "1m");
+            let c = Config::load(Some(std::path::Path::new("r.toml"))).unwrap();
+            assert_eq!(c.rl.batch_size, 64);
+            assert_eq!(c.rl.batch_max_age, Duration::from_secs(2));
+            assert_eq!(c.rl.join_window, Duration::from_secs(60));
+            assert_eq!(c.rl.required, vec![Kind::TaskCompleted]);
+            assert_eq!(c.rl.reward.weights.get("quality"), Some(&1.0));
+            assert_eq!(c.rl.reference_of(Some("code_edit")).latency_ms, 3000.0);
+            assert_eq!(c.rl.reference_of(Some("other")).latency_ms, 10_000.0);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("MODELPERF_RL__JOIN_GRACE", "20m");
+            assert!(Config::load(None).unwrap_err().to_string().contains("JOIN_GRACE"));
+            jail.set_env("MODELPERF_RL__JOIN_GRACE", "5s");
+            jail.set_env("MODELPERF_RL__REQUIRED", "task_completed,verdict");
+            assert!(Config::load(None).unwrap_err().to_string().contains("verdict"));
+            jail.set_env("MODELPERF_RL__REQUIRED", "judgment");
+            jail.create_file("w.toml", "[rl.reward.weights]\nvibes = 1.0\n")?;
+            let err = Config::load(Some(std::path::Path::new("w.toml"))).unwrap_err().to_string();
+            assert!(err.contains("vibes"), "{err}");
+            Ok(())
+        });
     }
 }
