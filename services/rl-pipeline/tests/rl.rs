@@ -23,7 +23,7 @@ const PARTITIONS: u32 = 4;
 fn task(tag: &str, i: usize) -> Vec<Event> {
     let t = format!("{tag}-task-{i}");
     let ts = Utc::now();
-    let task_type = if i % 2 == 0 { "code_edit" } else { "summarize" };
+    let task_type = if i.is_multiple_of(2) { "code_edit" } else { "summarize" };
     macro_rules! base {
         ($b:expr, $part:expr) => {
             $b.id(format!("{t}-{}", $part)).ts(ts).source("test").task_id(&t).task_type(task_type)
@@ -39,8 +39,10 @@ fn task(tag: &str, i: usize) -> Vec<Event> {
     .build()
     .unwrap();
     let started = base!(EventBuilder::task_started().queue_ms(3.0), "s").build().unwrap();
-    let mut done =
-        base!(EventBuilder::task_completed(500.0 + i as f64, i % 5 != 0), "c").model("openai/gpt-4o").build().unwrap();
+    let mut done = base!(EventBuilder::task_completed(500.0 + i as f64, !i.is_multiple_of(5)), "c")
+        .model("openai/gpt-4o")
+        .build()
+        .unwrap();
     done.cost = Some(Cost::priced(0.001, "test"));
     let judged = base!(EventBuilder::judgment("openai/gpt-4o", "openai/gpt-4o-mini", (i % 10) as f64 / 10.0), "j")
         .build()
