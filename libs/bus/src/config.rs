@@ -201,6 +201,21 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
     })
 }
 
+/// The configuration file of a service process: `--config FILE` (or `--config=FILE`) on the
+/// command line, else `MODELPERF_CONFIG`.
+pub fn config_file() -> Option<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(f) = a.strip_prefix("--config=") {
+            return Some(PathBuf::from(f));
+        }
+    }
+    std::env::var_os("MODELPERF_CONFIG").map(PathBuf::from)
+}
+
 /// Deserialises a list from a sequence or a comma-separated string (environment overrides).
 pub fn comma_list<'de, D: Deserializer<'de>, T: std::str::FromStr>(d: D) -> Result<Vec<T>, D::Error>
 where

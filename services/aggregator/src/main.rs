@@ -1,6 +1,5 @@
 //! `modelperf-aggregator`: wires the aggregator library to the process.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -19,7 +18,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = match modelperf_aggregator::Config::load(config_file().as_deref()) {
+    let config = match modelperf_aggregator::Config::load(modelperf_bus::config::config_file().as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -56,18 +55,4 @@ async fn run(
             anyhow::bail!("drain did not finish within {DRAIN_GRACE:?}")
         }
     }
-}
-
-/// `--config FILE` or `MODELPERF_CONFIG`.
-fn config_file() -> Option<PathBuf> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(f) = a.strip_prefix("--config=") {
-            return Some(PathBuf::from(f));
-        }
-    }
-    std::env::var_os("MODELPERF_CONFIG").map(PathBuf::from)
 }

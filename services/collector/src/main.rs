@@ -1,6 +1,5 @@
 //! `modelperf-collector`: wires the collector library to the process.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let file = config_file();
+    let file = modelperf_bus::config::config_file();
     let config = match modelperf_collector::Config::load(file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -67,18 +66,4 @@ async fn run(
             anyhow::bail!("drain did not finish within {DRAIN_GRACE:?}")
         }
     }
-}
-
-/// `--config FILE` or `MODELPERF_CONFIG`.
-fn config_file() -> Option<PathBuf> {
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--config" {
-            return args.next().map(PathBuf::from);
-        }
-        if let Some(f) = a.strip_prefix("--config=") {
-            return Some(PathBuf::from(f));
-        }
-    }
-    std::env::var_os("MODELPERF_CONFIG").map(PathBuf::from)
 }
