@@ -201,6 +201,22 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
     })
 }
 
+/// `[http]`: where a service's `/healthz`, `/readyz` and `/metrics` listen
+/// (`MODELPERF_HTTP__LISTEN`; each service has its own default port).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; port 0 picks a free one.
+    pub listen: std::net::SocketAddr,
+}
+
+impl HttpConfig {
+    /// All interfaces on `port`.
+    pub fn on(port: u16) -> Self {
+        Self { listen: std::net::SocketAddr::from(([0, 0, 0, 0], port)) }
+    }
+}
+
 /// The configuration file of a service process: `--config FILE` (or `--config=FILE`) on the
 /// command line, else `MODELPERF_CONFIG`.
 pub fn config_file() -> Option<PathBuf> {

@@ -13,6 +13,7 @@
 //! - [`lease`]: one owner at a time per key;
 //! - [`checkpoint`]: compare-and-set checkpoints;
 //! - [`owner`]: the stateful apply → checkpoint → ack-all loop;
+//! - [`process`]: a service process's HTTP endpoint, connection, topology and ordered end;
 //! - [`share`]: partitions shared among replicas by leases, fair share and hand-over;
 //! - [`error`]: [`BusError`] and its classes.
 
@@ -23,18 +24,20 @@ pub mod error;
 pub mod lease;
 pub mod owner;
 pub mod partition;
+pub mod process;
 pub mod publish;
 pub mod runner;
 pub mod share;
 pub mod topology;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use config::{BusConfig, ConfigError, NatsConfig};
+pub use config::{BusConfig, ConfigError, HttpConfig, NatsConfig};
 pub use connect::{connect, jetstream};
 pub use error::{BusError, ErrorClass};
 pub use lease::{Lease, Leases};
 pub use owner::{OwnerConfig, PartitionOwner, open_at, run_owner};
 pub use partition::partition_of;
+pub use process::Process;
 pub use publish::{Origin, Outgoing, TRACEPARENT, dead_letter, publish, send};
 pub use runner::{Failure, Handler, Incoming, RunStats, RunnerConfig, run};
 pub use share::Share;

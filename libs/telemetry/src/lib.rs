@@ -7,6 +7,9 @@
 //! - [`serve`]: the HTTP endpoints `/healthz`, `/readyz`, `/metrics` (port 0 works; the bound
 //!   address is returned).
 //! - [`heartbeat`]: `perf.health.<service>.<instance>` every 5 s on core NATS.
+//! - [`process::service_main`]: a service process's start, exit codes and bounded drain.
+
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;

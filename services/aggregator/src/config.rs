@@ -1,10 +1,9 @@
 //! The aggregator's configuration: `[nats]`, `[bus]`, `[influx]`, `[http]` and `[aggregator]`,
 //! layered as every service's (defaults → TOML → `MODELPERF_<SECTION>__<KEY>`).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use modelperf_bus::{BusConfig, ConfigError, NatsConfig};
+use modelperf_bus::{BusConfig, ConfigError, HttpConfig, NatsConfig};
 use modelperf_influx::InfluxConfig;
 use modelperf_schema::names::WindowSpec;
 use serde::{Deserialize, Serialize};
@@ -26,7 +25,7 @@ const ROLLUP_MARGIN: Duration = Duration::from_secs(3_600);
 
 /// Everything the aggregator reads. Sections of other services are ignored; unknown keys inside
 /// a section are errors.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// How to reach NATS.
@@ -41,17 +40,15 @@ pub struct Config {
     pub aggregator: AggregatorConfig,
 }
 
-/// `[http]`: where `/healthz`, `/readyz` and `/metrics` listen.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Listen address; port 0 picks a free one.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
+impl Default for Config {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9102)) }
+        Self {
+            nats: Default::default(),
+            bus: Default::default(),
+            influx: Default::default(),
+            http: HttpConfig::on(9102),
+            aggregator: Default::default(),
+        }
     }
 }
 

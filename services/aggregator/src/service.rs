@@ -9,13 +9,13 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use modelperf_bus::{
-    BusError, CheckpointStore, Incoming, Leases, OwnerConfig, Service, Share, Topology, dead_letter, open_at,
+    BusError, CheckpointStore, Incoming, Leases, OwnerConfig, Process, Service, Share, Topology, dead_letter, open_at,
     run_owner, send, streams,
 };
 use modelperf_influx::Sink;
 use modelperf_schema::ErrorCode;
 use modelperf_schema::messages::Partial;
-use modelperf_telemetry::{HEARTBEAT_INTERVAL, Health, PrometheusHandle};
+use modelperf_telemetry::{Health, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::STAGE;
@@ -33,83 +33,60 @@ pub const FINAL_CONSUMER: &str = "aggregator-final";
 #[derive(Debug)]
 pub struct App {
     config: Config,
-    client: async_nats::Client,
-    js: Context,
-    topology: Topology,
+    process: Process,
     sink: Sink,
-    health: Health,
-    http_addr: SocketAddr,
-    http_task: tokio::task::JoinHandle<()>,
-    http_stop: CancellationToken,
-    instance: String,
 }
 
 impl App {
     /// Connects, ensures the aggregator's topology and binds HTTP (port 0 works). InfluxDB may
     /// be down: the finaliser waits for it and `/readyz` says so.
     pub async fn build(config: Config, prometheus: PrometheusHandle) -> anyhow::Result<App> {
-        let health = Health::default();
-        health.register("nats", "connecting");
-        health.register("influx", "not checked yet");
-        let http_stop = CancellationToken::new();
-        let (http_addr, http_task) =
-            modelperf_telemetry::serve(config.http.listen, health.clone(), prometheus, http_stop.clone())
-                .await
-                .with_context(|| format!("failed to bind http on {}", config.http.listen))?;
-        let instance = modelperf_telemetry::instance_id();
-        let client = modelperf_bus::connect(&config.nats, &format!("aggregator-{instance}"))
-            .await
-            .context("failed to connect to nats")?;
-        let js = modelperf_bus::jetstream(client.clone(), Duration::from_secs(10), config.bus.max_ack_pending as usize);
-        let topology = Topology::contract(&config.bus, config.nats.replicas).for_service(Service::Aggregator);
-        topology.ensure(&js).await.context("failed to ensure streams")?;
-        health.ready("nats");
+        let process = Process::start(
+            STAGE,
+            Service::Aggregator,
+            &config.nats,
+            &config.bus,
+            config.http.listen,
+            prometheus,
+            &[("influx", "not checked yet")],
+        )
+        .await?;
         let sink = Sink::new(config.influx.clone()).context("invalid influx settings")?;
-        Ok(App { config, client, js, topology, sink, health, http_addr, http_task, http_stop, instance })
+        Ok(App { config, process, sink })
     }
 
     /// The bound health/metrics address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.process.http_addr
     }
 
     /// This process's instance id.
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.process.instance
     }
 
     /// Runs every role until `shutdown` resolves, then drains: not ready, each role stops
     /// pulling, checkpoints and acknowledges, leases are released, the connection drained.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let leases = Leases::open(&self.js, self.config.bus.lease_ttl, &self.instance).await?;
+        let p = &self.process;
+        let leases = Leases::open(&p.js, self.config.bus.lease_ttl, &p.instance).await?;
         let (share, member) =
             Share::join(&leases, STAGE, self.config.bus.partitions, self.config.aggregator.max_partitions).await?;
-        let beat = {
-            let leases = leases.clone();
-            modelperf_telemetry::heartbeat(
-                self.client.clone(),
-                STAGE,
-                &self.instance,
-                self.health.clone(),
-                move || leases.held().into_iter().filter(|k| !k.starts_with("aggregator.member.")).collect(),
-                HEARTBEAT_INTERVAL,
-                stop.clone(),
-            )
-        };
-        let watch = watch_health(self.client.clone(), self.sink.clone(), self.health.clone(), stop.clone());
+        let beat = p.heartbeat(STAGE, Some(leases.clone()), &stop);
+        let watch = watch_influx(self.sink.clone(), p.health.clone(), stop.clone());
         let ctx = Arc::new(RoleContext {
-            js: self.js.clone(),
-            topology: self.topology.clone(),
+            js: p.js.clone(),
+            topology: p.topology.clone(),
             config: self.config.clone(),
             leases: leases.clone(),
-            health: self.health.clone(),
+            health: p.health.clone(),
             sink: self.sink.clone(),
         });
         let mut roles = tokio::task::JoinSet::new();
-        for p in 0..self.config.bus.partitions {
+        for n in 0..self.config.bus.partitions {
             let ctx = ctx.clone();
-            roles.spawn(share.clone().run(p, stop.clone(), move |p, leave, lost| {
+            roles.spawn(share.clone().run(n, stop.clone(), move |p, leave, lost| {
                 let ctx = ctx.clone();
                 async move { own_partition(&ctx, p, leave, lost).await }
             }));
@@ -121,16 +98,13 @@ impl App {
             _ = shutdown => tracing::info!("shutting down: checkpointing and releasing leases"),
             Some(r) = roles.join_next() => tracing::error!(result = ?r, "a role ended unexpectedly"),
         }
-        self.health.not_ready("draining", "shutting down");
+        p.health.not_ready("draining", "shutting down");
         stop.cancel();
         while roles.join_next().await.is_some() {}
         member.release().await;
         let _ = watch.await;
-        let drained = self.client.drain().await.context("failed to drain the nats connection");
         let _ = beat.await;
-        self.http_stop.cancel();
-        let _ = self.http_task.await;
-        drained?;
+        self.process.finish().await?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -416,23 +390,14 @@ async fn fetch(consumer: &PullConsumer, n: usize) -> Result<Vec<async_nats::jets
     Ok(out)
 }
 
-/// Keeps the `nats` and `influx` readiness checks in step.
-fn watch_health(
-    client: async_nats::Client,
-    sink: Sink,
-    health: Health,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+/// Keeps the `influx` readiness check in step (the periodic ping).
+fn watch_influx(sink: Sink, health: Health, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
-            }
-            match client.connection_state() {
-                async_nats::connection::State::Connected => health.ready("nats"),
-                other => health.not_ready("nats", format!("connection {other}")),
             }
             match sink.ping().await {
                 Ok(()) => health.ready("influx"),

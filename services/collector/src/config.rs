@@ -2,10 +2,9 @@
 //! service's (defaults → TOML → `MODELPERF_<SECTION>__<KEY>`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use modelperf_bus::{BusConfig, ConfigError, NatsConfig};
+use modelperf_bus::{BusConfig, ConfigError, HttpConfig, NatsConfig};
 use modelperf_schema::PrivacyLevel;
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +12,7 @@ use crate::sampling::Rate;
 
 /// Everything the collector reads. Sections of other services (one configuration file and one
 /// environment can serve every service) are ignored; unknown keys inside a section are errors.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// How to reach NATS.
@@ -26,17 +25,14 @@ pub struct Config {
     pub collector: CollectorConfig,
 }
 
-/// `[http]`: where `/healthz`, `/readyz` and `/metrics` listen.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Listen address; port 0 picks a free one.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
+impl Default for Config {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9101)) }
+        Self {
+            nats: Default::default(),
+            bus: Default::default(),
+            http: HttpConfig::on(9101),
+            collector: Default::default(),
+        }
     }
 }
 

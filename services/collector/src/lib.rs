@@ -19,13 +19,11 @@ pub mod sampling;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
-use modelperf_bus::{BusError, ConfigError, RunStats, RunnerConfig, Service, Topology, streams};
+use modelperf_bus::{BusError, ConfigError, RunStats, RunnerConfig, Service, streams};
 use modelperf_pricing::Catalog;
 use modelperf_privacy::{Privacy, PrivacyConfig};
-use modelperf_telemetry::{HEARTBEAT_INTERVAL, Health, PrometheusHandle};
+use modelperf_telemetry::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -66,59 +64,38 @@ pub fn collector(config: &Config) -> Result<Collector, ConfigError> {
 #[derive(Debug)]
 pub struct App {
     config: Config,
-    client: async_nats::Client,
-    js: async_nats::jetstream::Context,
+    process: modelperf_bus::Process,
     consumer: async_nats::jetstream::consumer::PullConsumer,
     collector: Arc<Collector>,
-    health: Health,
-    http_addr: SocketAddr,
-    http_task: tokio::task::JoinHandle<()>,
-    http_stop: CancellationToken,
-    instance: String,
 }
 
 impl App {
     /// Connects, ensures the collector's part of the topology and binds HTTP (port 0 works).
     pub async fn build(config: Config, collector: Collector, prometheus: PrometheusHandle) -> anyhow::Result<App> {
-        let health = Health::default();
-        health.register("nats", "connecting");
-        let http_stop = CancellationToken::new();
-        let (http_addr, http_task) =
-            modelperf_telemetry::serve(config.http.listen, health.clone(), prometheus, http_stop.clone())
-                .await
-                .with_context(|| format!("failed to bind http on {}", config.http.listen))?;
-        let instance = modelperf_telemetry::instance_id();
-        let client = modelperf_bus::connect(&config.nats, &format!("collector-{instance}"))
-            .await
-            .context("failed to connect to nats")?;
-        let js = modelperf_bus::jetstream(client.clone(), Duration::from_secs(10), config.bus.max_ack_pending as usize);
-        let topology = Topology::contract(&config.bus, config.nats.replicas).for_service(Service::Collector);
-        topology.ensure(&js).await.context("failed to ensure streams")?;
-        let consumer = js
+        let process = modelperf_bus::Process::start(
+            STAGE,
+            Service::Collector,
+            &config.nats,
+            &config.bus,
+            config.http.listen,
+            prometheus,
+            &[],
+        )
+        .await?;
+        let consumer = process
+            .js
             .get_stream(streams::RAW)
             .await
             .map_err(|e| BusError::js("get stream PERF_RAW", e))?
             .get_consumer(CONSUMER)
             .await
             .map_err(|e| anyhow::anyhow!("failed to get consumer {CONSUMER} on PERF_RAW: {e}"))?;
-        health.ready("nats");
-        Ok(App {
-            config,
-            client,
-            js,
-            consumer,
-            collector: Arc::new(collector),
-            health,
-            http_addr,
-            http_task,
-            http_stop,
-            instance,
-        })
+        Ok(App { config, process, consumer, collector: Arc::new(collector) })
     }
 
     /// The bound health/metrics address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.process.http_addr
     }
 
     /// Runs until `shutdown` resolves (or the runner fails), then drains in order: report not
@@ -126,22 +103,13 @@ impl App {
     /// heartbeat, stop HTTP last.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunStats> {
         let background = CancellationToken::new();
-        let beat = modelperf_telemetry::heartbeat(
-            self.client.clone(),
-            STAGE,
-            &self.instance,
-            self.health.clone(),
-            Vec::new,
-            HEARTBEAT_INTERVAL,
-            background.clone(),
-        );
-        let watch = watch_connection(self.client.clone(), self.health.clone(), background.clone());
+        let beat = self.process.heartbeat(STAGE, None, &background);
         let mut runner_cfg = RunnerConfig::new(STAGE, &self.config.bus);
         runner_cfg.in_flight_batches = self.config.collector.in_flight_batches;
         let stop_pulling = CancellationToken::new();
         let runner = {
             let (js, consumer, collector, stop) =
-                (self.js.clone(), self.consumer.clone(), self.collector.clone(), stop_pulling.clone());
+                (self.process.js.clone(), self.consumer.clone(), self.collector.clone(), stop_pulling.clone());
             tokio::spawn(async move { modelperf_bus::run(js, consumer, collector, &runner_cfg, stop).await })
         };
         tokio::pin!(runner);
@@ -149,49 +117,25 @@ impl App {
             _ = shutdown => {
                 tracing::info!("shutting down: draining in-flight messages");
                 background.cancel();
-                let _ = watch.await;
-                self.health.not_ready("draining", "shutting down");
+                self.process.health.not_ready("draining", "shutting down");
                 stop_pulling.cancel();
                 runner.await
             }
             r = &mut runner => r,
         };
         background.cancel();
-        self.health.not_ready("draining", "shutting down");
+        self.process.health.not_ready("draining", "shutting down");
         let result = match result {
             Ok(Ok(stats)) => Ok(stats),
             Ok(Err(e)) => Err(anyhow::Error::new(e).context("collector runner failed")),
             Err(e) => Err(anyhow::Error::new(e).context("collector runner panicked")),
         };
         // Drain even after a failure: what was published must reach the server.
-        let drained = self.client.drain().await.context("failed to drain the nats connection");
         let _ = beat.await;
-        self.http_stop.cancel();
-        let _ = self.http_task.await;
+        let drained = self.process.finish().await;
         let stats = result?;
         drained?;
         tracing::info!(acked = stats.acked, dead_lettered = stats.dead_lettered, retried = stats.retried, "stopped");
         Ok(stats)
     }
-}
-
-/// Keeps the `nats` readiness check in step with the connection.
-fn watch_connection(
-    client: async_nats::Client,
-    health: Health,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = tick.tick() => {}
-            }
-            match client.connection_state() {
-                async_nats::connection::State::Connected => health.ready("nats"),
-                other => health.not_ready("nats", format!("connection {other}")),
-            }
-        }
-    })
 }

@@ -2,16 +2,15 @@
 //! `MODELPERF_RL__<KEY>`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use modelperf_bus::{BusConfig, ConfigError, NatsConfig};
+use modelperf_bus::{BusConfig, ConfigError, HttpConfig, NatsConfig};
 use modelperf_schema::Kind;
 use serde::{Deserialize, Serialize};
 
 /// Everything the rl-pipeline reads. Sections of other services are ignored; unknown keys inside
 /// a section are errors.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// How to reach NATS.
@@ -24,17 +23,9 @@ pub struct Config {
     pub rl: RlConfig,
 }
 
-/// `[http]`: where `/healthz`, `/readyz` and `/metrics` listen.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Listen address; port 0 picks a free one.
-    pub listen: SocketAddr,
-}
-
-impl Default for HttpConfig {
+impl Default for Config {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9105)) }
+        Self { nats: Default::default(), bus: Default::default(), http: HttpConfig::on(9105), rl: Default::default() }
     }
 }
 

@@ -23,12 +23,12 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::StreamExt;
 use modelperf_bus::{
-    BusError, Checkpoint, CheckpointStore, Incoming, Leases, Outgoing, Service, Share, Topology, buckets, dead_letter,
-    open_at, send, streams,
+    BusError, Checkpoint, CheckpointStore, Incoming, Leases, Outgoing, Process, Service, Share, Topology, buckets,
+    dead_letter, open_at, send, streams,
 };
 use modelperf_schema::Event;
 use modelperf_schema::messages::Batch;
-use modelperf_telemetry::{HEARTBEAT_INTERVAL, Health, PrometheusHandle};
+use modelperf_telemetry::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -48,77 +48,44 @@ pub fn ledger_key(dataset: &str, task_id: &str) -> String {
 #[derive(Debug)]
 pub struct App {
     config: Config,
-    client: async_nats::Client,
-    js: Context,
-    topology: Topology,
-    health: Health,
-    http_addr: SocketAddr,
-    http_task: tokio::task::JoinHandle<()>,
-    http_stop: CancellationToken,
-    instance: String,
+    process: Process,
 }
 
 impl App {
     /// Connects, ensures the pipeline's topology and binds HTTP (port 0 works).
     pub async fn build(config: Config, prometheus: PrometheusHandle) -> anyhow::Result<App> {
-        let health = Health::default();
-        health.register("nats", "connecting");
-        let http_stop = CancellationToken::new();
-        let (http_addr, http_task) =
-            modelperf_telemetry::serve(config.http.listen, health.clone(), prometheus, http_stop.clone())
-                .await
-                .with_context(|| format!("failed to bind http on {}", config.http.listen))?;
-        let instance = modelperf_telemetry::instance_id();
-        let client = modelperf_bus::connect(&config.nats, &format!("rl-pipeline-{instance}"))
-            .await
-            .context("failed to connect to nats")?;
-        let js = modelperf_bus::jetstream(client.clone(), Duration::from_secs(10), config.bus.max_ack_pending as usize);
-        let topology = Topology::contract(&config.bus, config.nats.replicas).for_service(Service::RlPipeline);
-        topology.ensure(&js).await.context("failed to ensure streams")?;
-        health.ready("nats");
-        Ok(App { config, client, js, topology, health, http_addr, http_task, http_stop, instance })
+        let process =
+            Process::start(STAGE, Service::RlPipeline, &config.nats, &config.bus, config.http.listen, prometheus, &[])
+                .await?;
+        Ok(App { config, process })
     }
 
     /// The bound health/metrics address.
     pub fn http_addr(&self) -> SocketAddr {
-        self.http_addr
+        self.process.http_addr
     }
 
     /// This process's instance id.
     pub fn instance(&self) -> &str {
-        &self.instance
+        &self.process.instance
     }
 
     /// Runs the partition owners until `shutdown` resolves, then drains: each owner flushes its
     /// complete joins into batches, publishes them, checkpoints and releases its lease.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
-        let leases = Leases::open(&self.js, self.config.bus.lease_ttl, &self.instance).await?;
+        let p = &self.process;
+        let leases = Leases::open(&p.js, self.config.bus.lease_ttl, &p.instance).await?;
         let (share, member) =
             Share::join(&leases, SERVICE, self.config.bus.partitions, self.config.rl.max_partitions).await?;
-        let beat = {
-            let leases = leases.clone();
-            modelperf_telemetry::heartbeat(
-                self.client.clone(),
-                STAGE,
-                &self.instance,
-                self.health.clone(),
-                move || leases.held().into_iter().filter(|k| !k.contains(".member.")).collect(),
-                HEARTBEAT_INTERVAL,
-                stop.clone(),
-            )
-        };
-        let ledger = self
-            .js
-            .get_key_value(buckets::RL_LEDGER)
-            .await
-            .map_err(|e| BusError::js("open kv modelperf_rl_ledger", e))?;
-        let ctx =
-            Arc::new(Ctx { js: self.js.clone(), topology: self.topology.clone(), config: self.config.clone(), ledger });
+        let beat = p.heartbeat(STAGE, Some(leases.clone()), &stop);
+        let ledger =
+            p.js.get_key_value(buckets::RL_LEDGER).await.map_err(|e| BusError::js("open kv modelperf_rl_ledger", e))?;
+        let ctx = Arc::new(Ctx { js: p.js.clone(), topology: p.topology.clone(), config: self.config.clone(), ledger });
         let mut roles = tokio::task::JoinSet::new();
-        for p in 0..self.config.bus.partitions {
+        for n in 0..self.config.bus.partitions {
             let ctx = ctx.clone();
-            roles.spawn(share.clone().run(p, stop.clone(), move |p, leave, lost| {
+            roles.spawn(share.clone().run(n, stop.clone(), move |p, leave, lost| {
                 let ctx = ctx.clone();
                 async move { own_partition(&ctx, p, leave, lost).await }
             }));
@@ -127,15 +94,12 @@ impl App {
             _ = shutdown => tracing::info!("shutting down: flushing batches, checkpointing, releasing leases"),
             Some(r) = roles.join_next() => tracing::error!(result = ?r, "a role ended unexpectedly"),
         }
-        self.health.not_ready("draining", "shutting down");
+        p.health.not_ready("draining", "shutting down");
         stop.cancel();
         while roles.join_next().await.is_some() {}
         member.release().await;
-        let drained = self.client.drain().await.context("failed to drain the nats connection");
         let _ = beat.await;
-        self.http_stop.cancel();
-        let _ = self.http_task.await;
-        drained?;
+        self.process.finish().await?;
         tracing::info!("stopped");
         Ok(())
     }
