@@ -44,10 +44,11 @@ start_service() {
 
 say "starting the services"
 export MODELPERF_CONFIG="$root/deploy/local/demo.toml"
-say "demo settings: deploy/local/demo.toml (10s windows besides 1m and 1h, 5 s lateness)"
+say "demo settings: deploy/local/demo.toml (10s windows besides 1m and 1h, 5 s lateness; RL batches every 5 s)"
 start_service collector 9101
 start_service aggregator 9102
-# The analyzer, monitor and rl-pipeline join here as they land.
+start_service rl-pipeline 9105
+# The analyzer and monitor join here as they land.
 
 # Windows from here on hold this run's events (10 s back: the window the load starts in).
 since=$(date -u -d '-10 seconds' +%Y-%m-%dT%H:%M:%SZ)
@@ -86,6 +87,13 @@ agg_metrics=$(curl -sf "http://127.0.0.1:$aggregator_port/metrics" || true)
 asum() { printf '%s\n' "$agg_metrics" | awk -v pat="$1" 'index($0, pat)==1 {s+=$NF} END {printf "%d", s}'; }
 printf '  aggregator: %s events in this run'\''s 10s windows in InfluxDB (of %s clean), %s window series written, %s revisions\n' \
   "$counted" "$clean" "$(asum 'modelperf_aggregator_windows_written_total{')" "$(asum 'modelperf_aggregator_window_revisions_total{')"
+# Complete tasks become samples after the join grace, batches close every 5 s (demo settings).
+sleep 8
+rl_metrics=$(curl -sf "http://127.0.0.1:$rl_pipeline_port/metrics" || true)
+rsum() { printf '%s\n' "$rl_metrics" | awk -v pat="$1" 'index($0, pat)==1 {s+=$NF} END {printf "%d", s}'; }
+printf '  rl-pipeline: %s samples in %s batches on rl.batches.<task type>, %s joins expired incomplete, %s samples filtered\n' \
+  "$(rsum 'modelperf_rl_samples_total{')" "$(rsum 'modelperf_rl_batches_total{')" \
+  "$(rsum 'modelperf_rl_joins_expired_total{')" "$(rsum 'modelperf_rl_samples_filtered_total{')"
 echo
 say "per model, this run's 10s windows (InfluxQL, see docs/queries.md):"
 curl -sf "$MODELPERF_INFLUX__URL/query" --data-urlencode "db=$db" \
