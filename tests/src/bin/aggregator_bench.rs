@@ -1,7 +1,7 @@
 //! `aggregator-bench`: the aggregator's benchmark (`make bench`; results in docs/BENCHMARKS.md).
 //!
-//! 1. Drain: N clean events — a realistic mix over more than 10 000 series, spread over the last
-//!    five minutes of event time — are pre-loaded once into `PERF_EVENTS` as the collector
+//! 1. Drain: N clean events — a realistic mix over more than 10 000 series, spread over five
+//!    minutes of recent event time — are pre-loaded once into `PERF_EVENTS` as the collector
 //!    writes them (`perf.events.<kind>.<p>`, MessagePack, `Nats-Msg-Id` = event id). Then each
 //!    partition's durable consumer `aggregator-p<N>` is recreated from the beginning and drained
 //!    by one owner loop per partition (`modelperf_bus::run_owner`: the same pull, fetch batch,
@@ -12,10 +12,14 @@
 //!    - **aggregator**: the real partition owner (`AggOwner`) — decode, fold into `1m` windows,
 //!      publish partials to `PERF_PARTIALS` at each checkpoint.
 //!
-//!    Checkpoints, `PERF_PARTIALS` and `PERF_DLQ` are cleared before every drain; the order of
-//!    the two alternates per run.
+//!    Checkpoints are deleted and `PERF_PARTIALS` and `PERF_DLQ` recreated before every drain;
+//!    the order of the two alternates per run. One deviation from the service: the drains'
+//!    JetStream context allows [`PUBLISH_INFLIGHT`] publish acks in flight, past a stall of the
+//!    service's shared bound.
 //! 2. Memory: the aggregator binary (owners, finaliser, InfluxDB) drains a fresh pre-load; its
 //!    resident memory is sampled every 200 ms until the owners and the finaliser have settled.
+//!    When it stalls with the defaults (nothing acknowledged for 30 s), the stall is reported and
+//!    the drain repeated with `MODELPERF_BUS__MAX_ACK_PENDING` = [`PUBLISH_INFLIGHT`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -121,7 +125,7 @@ const TASK_TYPES: [&str; 20] = [
 /// Models × task types: each tenant's share of the completions' series.
 const PER_TENANT: u64 = (MODELS.len() * TASK_TYPES.len()) as u64;
 
-/// Event time covered by a pre-load, ending when it starts.
+/// Event time covered by a pre-load.
 const SPAN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// A deterministic pseudo-random 64-bit value of `x` (SplitMix64).
@@ -248,7 +252,9 @@ struct Preload {
 async fn preload(js: &Context, n: u64, partitions: u32, tenants: u64, tag: &str) -> anyhow::Result<Preload> {
     let started = Instant::now();
     let group_by = modelperf_aggregator::config::AggregatorConfig::default().group_by;
-    let from = Utc::now() - SPAN;
+    // Ending a minute ago: the latest completion (task time + latency) is still in the past, so
+    // a drain's watermark never depends on when it runs.
+    let from = Utc::now() - SPAN - chrono::TimeDelta::minutes(1);
     let mut p = Preload {
         last_seq: vec![0; partitions as usize],
         events: 0,
