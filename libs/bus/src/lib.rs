@@ -38,7 +38,7 @@ pub use lease::{Lease, Leases};
 pub use owner::{OwnerConfig, PartitionOwner, open_at, run_owner};
 pub use partition::partition_of;
 pub use process::Process;
-pub use publish::{Origin, Outgoing, TRACEPARENT, dead_letter, publish, send};
+pub use publish::{Origin, Outgoing, TRACEPARENT, ack_chunk, dead_letter, publish, send, send_all};
 pub use runner::{Failure, Handler, Incoming, RunStats, RunnerConfig, run};
 pub use share::Share;
 pub use topology::{Service, Topology, buckets, streams};

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::error::BusError;
-use crate::publish::{Outgoing, dead_letter, send};
+use crate::publish::{Outgoing, ack_chunk, dead_letter, send, send_all};
 use crate::runner::{Failure, Incoming, pull_batches};
 use crate::topology::Topology;
 
@@ -79,6 +79,8 @@ pub struct OwnerConfig {
     pub fetch_batch: usize,
     /// Time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// The publish acks the JetStream context allows in flight (`max_ack_pending`).
+    pub max_in_flight: usize,
 }
 
 /// Runs `owner` on its consumer from `resume_after + 1` until `stop` (shutdown or a lost
@@ -107,6 +109,8 @@ pub async fn run_owner<O: PartitionOwner>(
         replayed_seq: 0,
         seen_seq: 0,
         delivery: None,
+        in_flight: cfg.max_in_flight,
+        chunk: ack_chunk(cfg.max_in_flight),
         pending,
         acks: Vec::new(),
         last: None,
@@ -149,6 +153,9 @@ struct Progress {
     seen_seq: u64,
     /// The consumer's delivery sequence of the last message received.
     delivery: Option<u64>,
+    /// Publish acks the context allows in flight, and how many to leave unawaited at most.
+    in_flight: usize,
+    chunk: usize,
     /// Messages pending on the consumer after the last one received.
     pending: u64,
     acks: Vec<PublishAckFuture>,
@@ -210,6 +217,9 @@ impl Progress {
         };
         for out in outputs {
             self.acks.push(send(js, out).await?);
+            if self.acks.len() >= self.chunk {
+                self.await_acks().await?;
+            }
         }
         self.applied_seq = seq;
         self.last = Some(msg);
@@ -238,10 +248,8 @@ impl Progress {
         if !outputs.is_empty() {
             // The decision first, so a successor publishes the same outputs again.
             store.save(&owner.checkpoint(self.applied_seq)).await?;
-            for out in outputs {
-                self.acks.push(send(js, out).await?);
-            }
-            self.await_acks().await?;
+            // In chunks: a tick can close more partials than the context lets be in flight.
+            send_all(js, outputs, self.in_flight).await?;
             owner.published();
         } else if self.applied_seq == self.checkpointed_seq {
             return Ok(());

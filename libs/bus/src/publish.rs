@@ -46,6 +46,40 @@ pub async fn send(js: &Context, out: Outgoing) -> Result<PublishAckFuture, BusEr
     js.send_publish(subject.clone(), msg).await.map_err(|e| BusError::Publish { subject, reason: e.to_string() })
 }
 
+/// How many publish acks one caller may leave unawaited on a context that allows `in_flight`
+/// (its `max_ack_inflight`, our `max_ack_pending`): a permit is freed only when its ack is
+/// awaited, and a publish beyond the bound fails, so a caller that sent more than the bound
+/// before awaiting any could never finish. A quarter of the bound, at most 256.
+pub fn ack_chunk(in_flight: usize) -> usize {
+    (in_flight / 4).clamp(1, 256)
+}
+
+/// Publishes every output and waits until all are stored, awaiting acks in chunks of
+/// [`ack_chunk`]`(in_flight)`.
+pub async fn send_all(
+    js: &Context,
+    outs: impl IntoIterator<Item = Outgoing>,
+    in_flight: usize,
+) -> Result<(), BusError> {
+    let chunk = ack_chunk(in_flight);
+    let mut acks = Vec::with_capacity(chunk);
+    for out in outs {
+        let subject = out.subject.clone();
+        acks.push((subject, send(js, out).await?));
+        if acks.len() >= chunk {
+            await_all(&mut acks).await?;
+        }
+    }
+    await_all(&mut acks).await
+}
+
+async fn await_all(acks: &mut Vec<(String, PublishAckFuture)>) -> Result<(), BusError> {
+    for (subject, ack) in acks.drain(..) {
+        ack.await.map_err(|e| BusError::Publish { subject, reason: e.to_string() })?;
+    }
+    Ok(())
+}
+
 /// Sends a message and waits for the stream to store it. Returns the stream sequence and whether
 /// the server recognised it as a duplicate.
 pub async fn publish(js: &Context, out: Outgoing) -> Result<(u64, bool), BusError> {

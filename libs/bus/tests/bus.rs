@@ -224,7 +224,12 @@ async fn an_owner_checkpoints_acks_and_resumes_where_it_stopped() {
     for i in 1..=100u64 {
         js.publish("perf.events.custom.0", i.to_string().into()).await.unwrap().await.unwrap();
     }
-    let cfg = OwnerConfig { stage: "test".into(), fetch_batch: 10, checkpoint_interval: Duration::from_millis(100) };
+    let cfg = OwnerConfig {
+        stage: "test".into(),
+        fetch_batch: 10,
+        checkpoint_interval: Duration::from_millis(100),
+        max_in_flight: 10_000,
+    };
     let (mut store, cp) = CheckpointStore::open(&js, "test.p0").await.unwrap();
     assert!(cp.is_none());
     let consumer = open_at(&js, &topology, "aggregator-p0", 1).await.unwrap();

@@ -17,7 +17,7 @@ use async_nats::jetstream::kv::{self, Store};
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use modelperf_bus::{BusError, Outgoing, send};
+use modelperf_bus::{BusError, Outgoing, send_all};
 use modelperf_influx::{InfluxError, Point, Sink};
 use modelperf_schema::messages::{WindowMetrics, WindowState};
 use modelperf_schema::names::WindowSpec;
@@ -130,6 +130,7 @@ pub fn window_key(window: &WindowSpec, start: DateTime<Utc>, dims: &Dims) -> Str
 #[derive(Debug, Clone)]
 pub struct Persister {
     js: Context,
+    in_flight: usize,
     kv: Store,
     sink: Sink,
     health: Health,
@@ -137,9 +138,10 @@ pub struct Persister {
 
 impl Persister {
     /// Opens the bucket (ensured at start-up).
-    pub async fn open(js: Context, sink: Sink, health: Health) -> Result<Self, BusError> {
+    /// `in_flight`: the publish acks the context allows in flight (`max_ack_pending`).
+    pub async fn open(js: Context, sink: Sink, health: Health, in_flight: usize) -> Result<Self, BusError> {
         let kv = js.get_key_value(WINDOWS_BUCKET).await.map_err(|e| BusError::js("open kv modelperf_windows", e))?;
-        Ok(Self { js, kv, sink, health })
+        Ok(Self { js, in_flight, kv, sink, health })
     }
 
     /// Carries out `actions`. `recovering`: they may have been carried out before a crash, so
@@ -291,18 +293,15 @@ impl Persister {
         }
         let points: Vec<Point> = metrics.iter().flat_map(points_of).collect();
         self.influx(window.name(), &points, stop).await?;
-        let mut acks = Vec::with_capacity(metrics.len());
-        for m in &metrics {
-            let id = format!("{}:{}:{}:{}", m.window, m.start.timestamp(), series_hash(&m.dims), m.revision);
-            let body = modelperf_schema::to_msgpack(m).unwrap_or_default();
-            acks.push(send(&self.js, Outgoing::new(format!("perf.metrics.{}", m.window), id, body)).await?);
-        }
-        for ack in acks {
-            ack.await.map_err(|e| BusError::Publish {
-                subject: format!("perf.metrics.{}", window.name()),
-                reason: e.to_string(),
-            })?;
-        }
+        let messages: Vec<Outgoing> = metrics
+            .iter()
+            .map(|m| {
+                let id = format!("{}:{}:{}:{}", m.window, m.start.timestamp(), series_hash(&m.dims), m.revision);
+                let body = modelperf_schema::to_msgpack(m).unwrap_or_default();
+                Outgoing::new(format!("perf.metrics.{}", m.window), id, body)
+            })
+            .collect();
+        send_all(&self.js, messages, self.in_flight).await?;
         metrics::counter!("modelperf_aggregator_windows_written_total", "window" => window.name().to_owned())
             .increment(metrics.len() as u64);
         Ok(())

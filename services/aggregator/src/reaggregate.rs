@@ -214,7 +214,8 @@ pub async fn reaggregate(
 
     let sink = Sink::new(config.influx.clone())?;
     sink.ensure().await.context("prepare InfluxDB")?;
-    let persister = Persister::open(js.clone(), sink.clone(), Health::default()).await?;
+    let persister =
+        Persister::open(js.clone(), sink.clone(), Health::default(), config.bus.max_ack_pending as usize).await?;
     let partials_seq = js.get_stream(streams::PARTIALS).await?.get_info().await?.state.last_sequence;
     let never = tokio_util::sync::CancellationToken::new();
     for w in &a.windows {

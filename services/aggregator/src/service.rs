@@ -76,7 +76,7 @@ impl App {
         let beat = p.heartbeat(STAGE, Some(leases.clone()), &stop);
         let watch = watch_influx(self.sink.clone(), p.health.clone(), stop.clone());
         let ctx = Arc::new(RoleContext {
-            js: p.js.clone(),
+            client: p.client.clone(),
             topology: p.topology.clone(),
             config: self.config.clone(),
             leases: leases.clone(),
@@ -113,7 +113,7 @@ impl App {
 /// What every role needs.
 #[derive(Debug)]
 struct RoleContext {
-    js: Context,
+    client: async_nats::Client,
     topology: Topology,
     config: Config,
     leases: Leases,
@@ -122,11 +122,18 @@ struct RoleContext {
 }
 
 impl RoleContext {
+    /// A JetStream context of the role's own: publish-ack permits are per context, so roles
+    /// sharing one could wait for each other's permits.
+    fn role_js(&self) -> Context {
+        modelperf_bus::jetstream(self.client.clone(), Duration::from_secs(10), self.config.bus.max_ack_pending as usize)
+    }
+
     fn owner_config(&self) -> OwnerConfig {
         OwnerConfig {
             stage: STAGE.into(),
             fetch_batch: self.config.bus.fetch_batch,
             checkpoint_interval: self.config.bus.checkpoint_interval,
+            max_in_flight: self.config.bus.max_ack_pending as usize,
         }
     }
 }
@@ -138,7 +145,8 @@ async fn own_partition(
     lost: CancellationToken,
 ) -> Result<u64, BusError> {
     let key = format!("aggregator.p{p}");
-    let (mut store, cp) = CheckpointStore::open(&ctx.js, &key).await?;
+    let js = ctx.role_js();
+    let (mut store, cp) = CheckpointStore::open(&js, &key).await?;
     let marks = match &cp {
         Some(cp) => Some(AggOwner::marks_of(cp).map_err(|reason| BusError::Corrupt { what: key.clone(), reason })?),
         None => None,
@@ -151,9 +159,9 @@ async fn own_partition(
     let a = &ctx.config.aggregator;
     let mut owner =
         AggOwner::new(p, &a.owner_windows(), a.allowed_lateness, a.max_revision_age, &a.group_by, marks.as_ref());
-    let consumer = open_at(&ctx.js, &ctx.topology, &format!("aggregator-p{p}"), start).await?;
+    let consumer = open_at(&js, &ctx.topology, &format!("aggregator-p{p}"), start).await?;
     tracing::info!(partition = p, applied, replay_from = start, "partition owned");
-    run_owner(&ctx.js, consumer, &mut store, &mut owner, applied, &ctx.owner_config(), stop, lost).await
+    run_owner(&js, consumer, &mut store, &mut owner, applied, &ctx.owner_config(), stop, lost).await
 }
 
 /// Runs the finaliser whenever this instance holds `aggregator.final`.
@@ -200,7 +208,8 @@ async fn finaliser_role(ctx: Arc<RoleContext>, stop: CancellationToken) {
 /// the checkpoint) or applied and persisted; every `checkpoint_interval` a checkpoint, then one
 /// ack-all. Returns the last checkpointed sequence.
 async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: CancellationToken) -> anyhow::Result<u64> {
-    let (mut store, cp) = CheckpointStore::open(&ctx.js, FINAL_KEY).await?;
+    let js = ctx.role_js();
+    let (mut store, cp) = CheckpointStore::open(&js, FINAL_KEY).await?;
     let marks: FinalMarks = match &cp {
         Some(cp) if !cp.state.is_empty() => rmp_serde::from_slice(&cp.state).context("finaliser checkpoint state")?,
         _ => FinalMarks::default(),
@@ -211,7 +220,7 @@ async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: Cancell
         _ => applied + 1,
     };
     // Everything the previous holder may have persisted lies at or below what it was delivered.
-    let stream = ctx.js.get_stream(streams::PARTIALS).await.map_err(|e| BusError::js("get stream PERF_PARTIALS", e))?;
+    let stream = js.get_stream(streams::PARTIALS).await.map_err(|e| BusError::js("get stream PERF_PARTIALS", e))?;
     let horizon = match stream.get_consumer::<async_nats::jetstream::consumer::pull::Config>(FINAL_CONSUMER).await {
         Ok(mut c) => c.info().await.map(|i| i.delivered.stream_sequence).unwrap_or(u64::MAX),
         Err(_) => 0,
@@ -220,8 +229,10 @@ async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: Cancell
     let mut marks = marks;
     marks.max_revision_age_secs = a.max_revision_age.as_secs();
     let mut fin = Finaliser::new(ctx.config.bus.partitions, a.owner_windows(), a.rollups(), marks);
-    let persister = Persister::open(ctx.js.clone(), ctx.sink.clone(), ctx.health.clone()).await?;
-    let consumer = open_at(&ctx.js, &ctx.topology, FINAL_CONSUMER, start).await?;
+    let persister =
+        Persister::open(js.clone(), ctx.sink.clone(), ctx.health.clone(), ctx.config.bus.max_ack_pending as usize)
+            .await?;
+    let consumer = open_at(&js, &ctx.topology, FINAL_CONSUMER, start).await?;
     tracing::info!(applied, replay_from = start, recovery_horizon = horizon, "finaliser active");
     ensure_influx(ctx, &halt).await;
     let mut progress =
@@ -300,7 +311,7 @@ async fn run_finaliser(ctx: &RoleContext, halt: CancellationToken, lost: Cancell
             if let Some((code, reason)) = refused {
                 tracing::warn!(seq, %reason, "partial refused");
                 let dl = dead_letter(STAGE, incoming.origin(), incoming.payload, code, &reason);
-                send(&ctx.js, dl).await?.await.map_err(|e| anyhow::anyhow!("dead letter not stored: {e}"))?;
+                send(&js, dl).await?.await.map_err(|e| anyhow::anyhow!("dead letter not stored: {e}"))?;
             }
             progress.applied = seq;
             progress.last = Some(msg);

@@ -322,3 +322,26 @@ async fn reaggregation_rewrites_closed_windows_with_new_prices_and_a_new_revisio
     assert!(rows.iter().all(|r| r.f("revision") == Some(2.0)));
     app.stop().await;
 }
+
+/// A tick that closes more partials than the context lets publish acks be in flight (here 100,
+/// against about a thousand series-windows per partition closing at once) must go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_more_partials_than_the_ack_bound_does_not_stall() {
+    let nats = NatsServer::start().await.unwrap();
+    let influx = Influx::start().await.unwrap();
+    let db = format!("agg_{}", uuid_suffix());
+    let mut config = config(nats.url(), influx.url(), &db, 2);
+    config.bus.max_ack_pending = 100;
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    ensure(&js, &config).await;
+    // Two minutes, 300 tenants: both windows close in the tick that catches up.
+    let from = window_start(Utc::now() - chrono::Duration::minutes(30), chrono::Duration::minutes(1));
+    let mut events = workload(from, chrono::Duration::minutes(2), 3_000);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.tenant = Some(format!("tenant-{}", i % 300));
+    }
+    publish(&js, &events, 2).await;
+    let app = start(config).await;
+    wait_for(&influx, &db, &expected(&events, &[("1m", 60)]), &["1m"], false).await;
+    app.stop().await;
+}

@@ -81,7 +81,13 @@ impl App {
         let beat = p.heartbeat(STAGE, Some(leases.clone()), &stop);
         let ledger =
             p.js.get_key_value(buckets::RL_LEDGER).await.map_err(|e| BusError::js("open kv modelperf_rl_ledger", e))?;
-        let ctx = Arc::new(Ctx { js: p.js.clone(), topology: p.topology.clone(), config: self.config.clone(), ledger });
+        let ctx = Arc::new(Ctx {
+            client: p.client.clone(),
+            js: p.js.clone(),
+            topology: p.topology.clone(),
+            config: self.config.clone(),
+            ledger,
+        });
         let mut roles = tokio::task::JoinSet::new();
         for n in 0..self.config.bus.partitions {
             let ctx = ctx.clone();
@@ -107,6 +113,7 @@ impl App {
 
 #[derive(Debug)]
 struct Ctx {
+    client: async_nats::Client,
     js: Context,
     topology: Topology,
     config: Config,
@@ -126,6 +133,16 @@ struct Progress {
 }
 
 async fn own_partition(ctx: &Ctx, p: u32, leave: CancellationToken, lost: CancellationToken) -> anyhow::Result<u64> {
+    // A context of the owner's own: publish-ack permits are per context.
+    let role_js =
+        modelperf_bus::jetstream(ctx.client.clone(), Duration::from_secs(10), ctx.config.bus.max_ack_pending as usize);
+    let ctx = &Ctx {
+        client: ctx.client.clone(),
+        js: role_js,
+        topology: ctx.topology.clone(),
+        config: ctx.config.clone(),
+        ledger: ctx.ledger.clone(),
+    };
     let key = format!("{SERVICE}.p{p}");
     let durable = format!("rl-p{p}");
     let (mut store, cp) = CheckpointStore::open(&ctx.js, &key).await?;

@@ -465,6 +465,7 @@ async fn drain(
         stage: modelperf_aggregator::STAGE.into(),
         fetch_batch: config.bus.fetch_batch,
         checkpoint_interval: config.bus.checkpoint_interval,
+        max_in_flight: config.bus.max_ack_pending as usize,
     };
     // Open everything first, so that the clock times the owners only.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();

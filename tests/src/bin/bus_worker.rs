@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
                 stage: "bus-worker".into(),
                 fetch_batch: 100,
                 checkpoint_interval: cfg.bus.checkpoint_interval,
+                max_in_flight: cfg.bus.max_ack_pending as usize,
             };
             let lost = lease.as_ref().map(Lease::lost).unwrap_or_default();
             run_owner(&js, consumer, &mut store, &mut owner, resume, &oc, run_stop, lost).await?;

@@ -73,12 +73,15 @@ pub fn expected(events: &[Event], windows: &[(&str, i64)]) -> Expected {
     for e in events {
         let modelperf_schema::Data::TaskCompleted(d) = &e.data else { continue };
         let m = e.model.as_ref().unwrap();
-        let dims = BTreeMap::from([
+        let mut dims = BTreeMap::from([
             ("kind".to_owned(), "task_completed".to_owned()),
             ("provider".to_owned(), m.provider.clone()),
             ("model".to_owned(), m.name.clone()),
             ("task_type".to_owned(), e.task_type.clone().unwrap()),
         ]);
+        if let Some(tenant) = &e.tenant {
+            dims.insert("tenant".to_owned(), tenant.clone());
+        }
         let rate = e.sample_rate.unwrap_or(1.0);
         for (name, secs) in windows {
             let start = modelperf_aggregator::windows::window_start(e.ts, chrono::Duration::seconds(*secs));
