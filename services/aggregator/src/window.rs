@@ -246,7 +246,13 @@ impl Accumulator {
 
     fn sum(&mut self, name: &str, value: Option<f64>, w: f64) {
         if let Some(v) = value.filter(|v| v.is_finite()) {
-            *self.sums.entry(name.to_owned()).or_insert(0.0) += v * w;
+            // The name is allocated once per series and window, not once per event.
+            match self.sums.get_mut(name) {
+                Some(sum) => *sum += v * w,
+                None => {
+                    self.sums.insert(name.to_owned(), v * w);
+                }
+            }
         }
     }
 
