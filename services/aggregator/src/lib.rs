@@ -16,6 +16,7 @@
 //! - [`config`]: `[aggregator]` and the shared sections;
 //! - [`window`]: one series in one window — folding events, merging partials, the metrics message;
 //! - [`windows`]: a partition's event-time windows, watermark, revisions and `too_late`;
+//! - [`series`]: each series stored once per window length and partition, looked up without allocating;
 //! - [`owner`]: the partition owner;
 //! - [`finaliser`]: the finaliser's decisions;
 //! - [`persist`]: InfluxDB points, metrics messages and the finalised-window bucket;
@@ -27,6 +28,7 @@ pub mod finaliser;
 pub mod owner;
 pub mod persist;
 pub mod reaggregate;
+pub mod series;
 pub mod service;
 pub mod window;
 pub mod windows;

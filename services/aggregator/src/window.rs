@@ -48,16 +48,17 @@ impl Dim {
         }
     }
 
-    fn of(self, e: &Event) -> Option<String> {
+    /// The event's value of this dimension, borrowed.
+    pub fn value(self, e: &Event) -> Option<&str> {
         // A judgment's `model` is the judged model: its quality belongs to that model's series.
         let model = e.model.as_ref();
         match self {
-            Dim::Kind => Some(e.kind().as_str().to_owned()),
-            Dim::Provider => model.map(|m| m.provider.clone()),
-            Dim::Model => model.map(|m| m.name.clone()),
-            Dim::ModelVersion => model.and_then(|m| m.version.clone()),
-            Dim::TaskType => e.task_type.clone(),
-            Dim::Tenant => e.tenant.clone(),
+            Dim::Kind => Some(e.kind().as_str()),
+            Dim::Provider => model.map(|m| m.provider.as_str()),
+            Dim::Model => model.map(|m| m.name.as_str()),
+            Dim::ModelVersion => model.and_then(|m| m.version.as_deref()),
+            Dim::TaskType => e.task_type.as_deref(),
+            Dim::Tenant => e.tenant.as_deref(),
         }
     }
 }
@@ -89,7 +90,7 @@ pub fn series_hash(dims: &BTreeMap<String, String>) -> String {
 
 /// The series of an event under a group-by: the dimensions it has (a missing one is omitted).
 pub fn series_of(e: &Event, group_by: &[Dim]) -> BTreeMap<String, String> {
-    group_by.iter().filter_map(|d| d.of(e).map(|v| (d.tag().to_owned(), v))).collect()
+    group_by.iter().filter_map(|d| d.value(e).map(|v| (d.tag().to_owned(), v.to_owned()))).collect()
 }
 
 /// Welford's running mean and sum of squared deviations; merged with Chan's formula.

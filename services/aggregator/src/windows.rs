@@ -14,6 +14,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use modelperf_schema::Event;
 use serde::{Deserialize, Serialize};
 
+use crate::series::{SeriesId, SeriesTable};
 use crate::window::{Accumulator, Dim, series_of};
 
 /// Where an event goes.
@@ -55,7 +56,7 @@ pub struct Closed {
 #[derive(Debug, Clone, Default)]
 struct Open {
     first_seq: u64,
-    series: BTreeMap<BTreeMap<String, String>, Accumulator>,
+    series: BTreeMap<SeriesId, Accumulator>,
 }
 
 /// What a checkpoint keeps of a [`Windows`]: the rest is rebuilt by replaying the partition.
@@ -89,6 +90,8 @@ pub struct Windows {
     group_by: Vec<Dim>,
     /// Open windows by start.
     open: BTreeMap<DateTime<Utc>, Open>,
+    /// The series the open windows hold.
+    table: SeriesTable,
     /// The first event sequence of windows closed but not yet published (the replay position
     /// must reach back to them until they are).
     unpublished_first: Option<u64>,
@@ -104,6 +107,7 @@ impl Windows {
             max_revision_age,
             group_by: group_by.to_vec(),
             open: BTreeMap::new(),
+            table: SeriesTable::new(group_by),
             unpublished_first: None,
             mark: WindowsMark::default(),
         }
@@ -130,9 +134,7 @@ impl Windows {
             return Placement::Revision(Closed { start, dims: series_of(e, &self.group_by), acc, revision: true });
         }
         self.see(e.ts);
-        let open = self.open.entry(start).or_insert_with(|| Open { first_seq: seq, series: BTreeMap::new() });
-        open.first_seq = open.first_seq.min(seq);
-        open.series.entry(series_of(e, &self.group_by)).or_default().add(e);
+        self.fold(e, start, seq);
         Placement::Open
     }
 
@@ -167,9 +169,22 @@ impl Windows {
             return;
         }
         self.see(e.ts);
+        self.fold(e, start, seq);
+    }
+
+    fn fold(&mut self, e: &Event, start: DateTime<Utc>, seq: u64) {
+        let id = self.table.id_of(e);
         let open = self.open.entry(start).or_insert_with(|| Open { first_seq: seq, series: BTreeMap::new() });
         open.first_seq = open.first_seq.min(seq);
-        open.series.entry(series_of(e, &self.group_by)).or_default().add(e);
+        match open.series.get_mut(&id) {
+            Some(acc) => acc.add(e),
+            None => {
+                self.table.hold(id);
+                let mut acc = Accumulator::default();
+                acc.add(e);
+                open.series.insert(id, acc);
+            }
+        }
     }
 
     fn see(&mut self, ts: DateTime<Utc>) {
@@ -211,7 +226,13 @@ impl Windows {
         let mut out = Vec::new();
         for (start, open) in std::mem::replace(&mut self.open, still_open) {
             self.unpublished_first = Some(self.unpublished_first.map_or(open.first_seq, |f| f.min(open.first_seq)));
-            out.extend(open.series.into_iter().map(|(dims, acc)| Closed { start, dims, acc, revision: false }));
+            let first = out.len();
+            for (id, acc) in open.series {
+                out.push(Closed { start, dims: self.table.dims(id), acc, revision: false });
+                self.table.release(id);
+            }
+            // In series order, whatever order the series first arrived in.
+            out[first..].sort_by(|a, b| a.dims.cmp(&b.dims));
         }
         out
     }
