@@ -13,11 +13,13 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::kv::{self, Store};
+use async_nats::jetstream::message::PublishMessage;
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use modelperf_bus::{BusError, Outgoing, send_all};
+use modelperf_bus::{BusError, Outgoing, ack_chunk, send_all};
 use modelperf_influx::{InfluxError, Point, Sink};
 use modelperf_schema::messages::{WindowMetrics, WindowState};
 use modelperf_schema::names::WindowSpec;
@@ -155,22 +157,7 @@ impl Persister {
         for action in actions {
             match action {
                 Action::Final { window, start, series, seq } => {
-                    let mut committed = Vec::with_capacity(series.len());
-                    for (dims, acc) in series {
-                        let fresh = Written { revision: 0, seq, state: acc.to_state() };
-                        let key = window_key(&window, start, &dims);
-                        let existing = if recovering { self.read(&key).await?.map(|(w, _)| w) } else { None };
-                        let written = match existing {
-                            Some(w) => w,
-                            None => match self.create(&key, &fresh).await? {
-                                None => fresh,
-                                // Committed before a crash, or by a finaliser that lost its
-                                // lease: what is committed is what gets written.
-                                Some(w) => w,
-                            },
-                        };
-                        committed.push((dims, written));
-                    }
+                    let committed = self.commit_first(&window, start, series, seq, recovering).await?;
                     self.derive(&window, start, &committed, stop).await?;
                 }
                 Action::Revise { window, start, dims, delta, seq } => {
@@ -204,6 +191,64 @@ impl Persister {
                         .increment(1);
                     self.derive(&window, start, &[(dims, written)], stop).await?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the first write of every series of a window, create-only, with the creates
+    /// pipelined in chunks (a window may hold tens of thousands of series). A series committed
+    /// already — before a crash, or by a finaliser that lost its lease — keeps what was
+    /// committed, and that is what gets written.
+    async fn commit_first(
+        &self,
+        window: &WindowSpec,
+        start: DateTime<Utc>,
+        series: Vec<(Dims, Accumulator)>,
+        seq: u64,
+        recovering: bool,
+    ) -> Result<Vec<(Dims, Written)>, PersistError> {
+        let mut committed = Vec::with_capacity(series.len());
+        let chunk = ack_chunk(self.in_flight);
+        let mut pending: Vec<(Dims, Written, String, PublishAckFuture)> = Vec::with_capacity(chunk);
+        for (dims, acc) in series {
+            let key = window_key(window, start, &dims);
+            if recovering && let Some((w, _)) = self.read(&key).await? {
+                committed.push((dims, w));
+                continue;
+            }
+            let fresh = Written { revision: 0, seq, state: acc.to_state() };
+            // What `kv.create` sends: a put that the stream refuses if the key has a value.
+            let subject = format!("$KV.{WINDOWS_BUCKET}.{key}");
+            let msg =
+                PublishMessage::build().payload(encode(&fresh)).header("Nats-Expected-Last-Subject-Sequence", "0");
+            let ack = self
+                .js
+                .send_publish(subject.clone(), msg)
+                .await
+                .map_err(|e| BusError::Publish { subject, reason: e.to_string() })?;
+            pending.push((dims, fresh, key, ack));
+            if pending.len() >= chunk {
+                self.settle_creates(&mut pending, &mut committed).await?;
+            }
+        }
+        self.settle_creates(&mut pending, &mut committed).await?;
+        Ok(committed)
+    }
+
+    async fn settle_creates(
+        &self,
+        pending: &mut Vec<(Dims, Written, String, PublishAckFuture)>,
+        committed: &mut Vec<(Dims, Written)>,
+    ) -> Result<(), PersistError> {
+        for (dims, fresh, key, ack) in pending.drain(..) {
+            match ack.await {
+                Ok(_) => committed.push((dims, fresh)),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => match self.read(&key).await? {
+                    Some((existing, _)) => committed.push((dims, existing)),
+                    None => return Err(PersistError::Fenced(key)),
+                },
+                Err(e) => return Err(BusError::Publish { subject: key, reason: e.to_string() }.into()),
             }
         }
         Ok(())
