@@ -7,9 +7,10 @@
 //! decision checkpointed, then each decided batch's tasks are entered in the create-only ledger
 //! (`modelperf_rl_ledger`, `<dataset>.<task id, base64url>` → `batch_id`) and the batch is
 //! published with `Nats-Msg-Id` = `batch_id`; then the checkpoint and one ack-all. After a
-//! takeover, samples of tasks the previous owner may already have batched are looked up in the
-//! ledger and dropped when they are, unless they belong to a batch it decided but may not have
-//! published, which is rebuilt and published again.
+//! takeover, samples of tasks with any event the previous owner had been delivered are looked up
+//! in the ledger and dropped when they are batched already (a late part must not make a second
+//! sample), unless they belong to a batch it decided but may not have published, which is
+//! rebuilt and published again. A replayed join's window starts again when it is rebuilt.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -256,7 +257,8 @@ async fn tick(
     if !rebuilding {
         let now = Utc::now();
         for r in part.take_ready(now, shutdown) {
-            if r.last_seq <= horizon && !part.in_decided(&r.sample.task_id) {
+            // Any part delivered to the previous owner: the task may be in one of its batches.
+            if r.first_seq <= horizon && !part.in_decided(&r.sample.task_id) {
                 let lkey = ledger_key(&r.dataset, &r.sample.task_id);
                 if ctx.ledger.get(&lkey).await.map_err(|e| BusError::js(format!("read ledger {lkey}"), e))?.is_some() {
                     metrics::counter!("modelperf_rl_samples_already_batched_total").increment(1);
