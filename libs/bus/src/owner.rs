@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::error::BusError;
 use crate::publish::{Outgoing, ack_chunk, dead_letter, send, send_all};
-use crate::runner::{Failure, Incoming, pull_batches};
+use crate::runner::{Failure, Incoming};
 use crate::topology::Topology;
 
 /// A service's state for one partition (or role).
@@ -99,9 +99,6 @@ pub async fn run_owner<O: PartitionOwner>(
 ) -> Result<u64, BusError> {
     // Unknown counts as a backlog: nothing is closed by the clock before the replay is read.
     let pending = consumer.get_info().await.map(|i| i.num_pending).unwrap_or(u64::MAX);
-    let mut messages = pull_batches(&consumer, cfg.fetch_batch, &cfg.stage).await?;
-    let mut ticker = tokio::time::interval(cfg.checkpoint_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut state = Progress {
         applied_seq: resume_after,
         checkpointed_seq: resume_after,
@@ -115,28 +112,34 @@ pub async fn run_owner<O: PartitionOwner>(
         acks: Vec::new(),
         last: None,
     };
+    // One bounded pull at a time, read to its end: at most `fetch_batch` messages are ever on
+    // their way to this owner, so a busy owner cannot make the client drop deliveries.
+    let expires = cfg.checkpoint_interval.clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut last_checkpoint = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            biased;
-            _ = lease_lost.cancelled() => {
-                // Someone else may own the partition already: no checkpoint, no ack.
-                return Err(BusError::LeaseLost(store.key().to_owned()));
+        if lease_lost.is_cancelled() {
+            // Someone else may own the partition already: no checkpoint, no ack.
+            return Err(BusError::LeaseLost(store.key().to_owned()));
+        }
+        if stop.is_cancelled() {
+            break;
+        }
+        let mut batch = consumer
+            .fetch()
+            .max_messages(cfg.fetch_batch)
+            .expires(expires)
+            .messages()
+            .await
+            .map_err(|e| BusError::js(format!("fetch for {}", cfg.stage), e))?;
+        while let Some(msg) = batch.next().await {
+            match msg {
+                Ok(msg) => state.apply(js, owner, &cfg.stage, msg).await?,
+                Err(e) => tracing::debug!(stage = %cfg.stage, error = %e, "pull ended"),
             }
-            _ = stop.cancelled() => break,
-            _ = ticker.tick() => state.checkpoint(js, store, owner).await?,
-            batch = messages.next() => {
-                let Some(batch) = batch else { break };
-                for msg in batch {
-                    let msg = match msg {
-                        Ok(m) => m,
-                        Err(e) => {
-                            tracing::warn!(stage = %cfg.stage, error = %e, "pull stream error");
-                            continue;
-                        }
-                    };
-                    state.apply(js, owner, &cfg.stage, msg).await?;
-                }
-            }
+        }
+        if last_checkpoint.elapsed() >= cfg.checkpoint_interval {
+            last_checkpoint = tokio::time::Instant::now();
+            state.checkpoint(js, store, owner).await?;
         }
     }
     state.checkpoint(js, store, owner).await?;

@@ -237,25 +237,6 @@ fn settled(done: Result<RunStats, tokio::task::JoinError>, stage: &str) -> RunSt
     })
 }
 
-/// The consumer's messages as batches of what is ready, at most `fetch_batch` each: one pull
-/// request per batch, heartbeats so a dead connection is noticed, and requests that expire so
-/// an idle consumer keeps polling.
-pub(crate) async fn pull_batches(
-    consumer: &PullConsumer,
-    fetch_batch: usize,
-    stage: &str,
-) -> Result<futures::stream::ReadyChunks<async_nats::jetstream::consumer::pull::Stream>, BusError> {
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(fetch_batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| BusError::js(format!("pull from consumer for {stage}"), e))?;
-    Ok(messages.ready_chunks(fetch_batch))
-}
-
 fn add(total: &mut RunStats, batch: RunStats) {
     total.acked += batch.acked;
     total.retried += batch.retried;
