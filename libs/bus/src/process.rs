@@ -91,6 +91,24 @@ impl Process {
         )
     }
 
+    /// Waits for `shutdown` (or a role ending on its own, logged as an error), then reports not
+    /// ready, cancels `stop` and waits for every role to finish its drain.
+    pub async fn supervise(
+        &self,
+        mut roles: tokio::task::JoinSet<()>,
+        shutdown: impl Future<Output = ()>,
+        stop: &CancellationToken,
+        draining: &str,
+    ) {
+        tokio::select! {
+            _ = shutdown => tracing::info!("shutting down: {draining}"),
+            Some(r) = roles.join_next() => tracing::error!(result = ?r, "a role ended unexpectedly"),
+        }
+        self.health.not_ready("draining", "shutting down");
+        stop.cancel();
+        while roles.join_next().await.is_some() {}
+    }
+
     /// Drains the connection (what was published reaches the server), then stops HTTP.
     pub async fn finish(self) -> anyhow::Result<()> {
         self.watch_stop.cancel();

@@ -94,13 +94,7 @@ impl App {
         if self.config.aggregator.finaliser {
             roles.spawn(finaliser_role(ctx.clone(), stop.clone()));
         }
-        tokio::select! {
-            _ = shutdown => tracing::info!("shutting down: checkpointing and releasing leases"),
-            Some(r) = roles.join_next() => tracing::error!(result = ?r, "a role ended unexpectedly"),
-        }
-        p.health.not_ready("draining", "shutting down");
-        stop.cancel();
-        while roles.join_next().await.is_some() {}
+        p.supervise(roles, shutdown, &stop, "checkpointing and releasing leases").await;
         member.release().await;
         let _ = watch.await;
         let _ = beat.await;

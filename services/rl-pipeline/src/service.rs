@@ -97,13 +97,7 @@ impl App {
                 async move { own_partition(&ctx, p, leave, lost).await }
             }));
         }
-        tokio::select! {
-            _ = shutdown => tracing::info!("shutting down: flushing batches, checkpointing, releasing leases"),
-            Some(r) = roles.join_next() => tracing::error!(result = ?r, "a role ended unexpectedly"),
-        }
-        p.health.not_ready("draining", "shutting down");
-        stop.cancel();
-        while roles.join_next().await.is_some() {}
+        p.supervise(roles, shutdown, &stop, "flushing batches, checkpointing, releasing leases").await;
         member.release().await;
         let _ = beat.await;
         self.process.finish().await?;
