@@ -243,7 +243,8 @@ impl Windows {
         self.unpublished_first = None;
     }
 
-    /// `advance` then `take_closed`, for callers that need no checkpoint in between.
+    /// `advance` then `take_closed`, for tests that need no checkpoint in between.
+    #[cfg(test)]
     pub fn close(&mut self, now: DateTime<Utc>, caught_up: bool) -> Vec<Closed> {
         self.advance(now, caught_up, 0);
         let closed = self.take_closed();
@@ -267,6 +268,7 @@ impl Windows {
     }
 
     /// The start of the oldest open window.
+    #[cfg(test)]
     pub fn oldest_open(&self) -> Option<DateTime<Utc>> {
         self.open.keys().next().copied()
     }

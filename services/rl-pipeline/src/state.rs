@@ -53,21 +53,6 @@ pub struct ReadySample {
     pub last_seq: u64,
 }
 
-/// Counts since start, for metrics and tests.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Counts {
-    /// Samples placed in batches.
-    pub samples: u64,
-    /// Joins expired, by reason.
-    pub expired: BTreeMap<String, u64>,
-    /// Samples dropped by the quality filters, by reason.
-    pub filtered: BTreeMap<String, u64>,
-    /// Parts of tasks already emitted.
-    pub late: u64,
-    /// The same event again.
-    pub duplicates: u64,
-}
-
 /// A decided batch's samples rebuilt so far: task → (sample, first and last sequence).
 type Slots = BTreeMap<String, (Sample, u64, u64)>;
 
@@ -82,7 +67,6 @@ pub struct Partition {
     /// Quality-filter drops per dataset since its batch opened.
     filtered: BTreeMap<String, BTreeMap<String, u64>>,
     decided: Vec<(Decided, Slots)>,
-    counts: Counts,
 }
 
 impl Partition {
@@ -95,13 +79,7 @@ impl Partition {
             open: BTreeMap::new(),
             filtered: BTreeMap::new(),
             decided: marks.decided.into_iter().map(|d| (d, BTreeMap::new())).collect(),
-            counts: Counts::default(),
         }
-    }
-
-    /// The counts so far.
-    pub fn counts(&self) -> &Counts {
-        &self.counts
     }
 
     /// Open joins.
@@ -119,8 +97,8 @@ impl Partition {
                     *last = (*last).max(seq);
                 }
             }
-            Added::Duplicate => self.counts.duplicates += 1,
-            Added::Late => self.counts.late += 1,
+            Added::Duplicate => metrics::counter!("modelperf_rl_duplicate_events_total").increment(1),
+            Added::Late => metrics::counter!("modelperf_rl_late_parts_total").increment(1),
             Added::NoTask | Added::Ignored => {}
         }
         if let Some((join, why)) = evicted {
@@ -130,7 +108,6 @@ impl Partition {
     }
 
     fn expire(&mut self, why: Expiry) {
-        *self.counts.expired.entry(why.label()).or_default() += 1;
         metrics::counter!("modelperf_rl_joins_expired_total", "reason" => why.label()).increment(1);
     }
 
@@ -151,7 +128,6 @@ impl Partition {
             match r.join.sample(&self.config) {
                 Ok(sample) => out.push(ReadySample { dataset, sample, first_seq: r.join.first_seq, last_seq }),
                 Err(reason) => {
-                    *self.counts.filtered.entry(reason.into()).or_default() += 1;
                     *self.filtered.entry(dataset).or_default().entry(reason.into()).or_default() += 1;
                     metrics::counter!("modelperf_rl_samples_filtered_total", "reason" => reason).increment(1);
                 }
@@ -179,7 +155,6 @@ impl Partition {
         let open = self.open.entry(r.dataset.clone()).or_insert_with(|| Open::new(&r.dataset, now));
         open.bytes += bytes;
         open.samples.push((r.sample, r.first_seq, r.last_seq));
-        self.counts.samples += 1;
         if open.samples.len() >= self.config.batch_size {
             self.decide(&r.dataset, now);
         }
