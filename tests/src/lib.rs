@@ -1,2 +1,5 @@
 //! Cross-service end-to-end and fault tests of modelperf; the `bus-worker` binary is a small
-//! process built on `modelperf-bus` that the crash tests kill with `kill -9`.
+//! process built on `modelperf-bus` that the crash tests kill with `kill -9`; the benchmark
+//! binaries (`collector-bench`, `aggregator-bench`, `rl-bench`) share [`bench`].
+
+pub mod bench;

@@ -7,8 +7,16 @@
 //! kept is the earliest (by `ts`, then id), the completion, validation and thinking budget the
 //! latest, and several judgments are averaged. A part for a task already emitted is late and
 //! counted, never a second sample.
+//!
+//! Time is the stream's: a join opens at the time the stream stored its first part and is
+//! complete at the time it stored the last required one, and the caller's clock follows the
+//! stream while a backlog is read. So a join rebuilt by a replay keeps its deadlines, and a
+//! backlog is joined as it would have been live. Deadlines are kept in ordered indexes, so a
+//! tick and the overflow eviction cost O(log n) per join they touch, not a scan of every open
+//! join (a partition may hold a million).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use modelperf_schema::messages::{Action, Sample};
@@ -52,53 +60,83 @@ impl Expiry {
     }
 }
 
-/// An event's position for order-independent choices (`ts`, then id), with what it says.
-type Ranked<T> = Option<(DateTime<Utc>, String, T)>;
+/// An event's position for order-independent choices (`ts`, then id), with what it says; boxed,
+/// as most joins lack most parts and a partition may hold a million joins.
+type Ranked<T> = Option<Box<(DateTime<Utc>, String, T)>>;
+
+/// What a sample needs of the completion (a whole event per open join would cost a million
+/// copies of fields no sample reads).
+#[derive(Debug, Clone)]
+struct Completion {
+    success: bool,
+    latency_ms: f64,
+    cost_usd: Option<f64>,
+    sample_rate: Option<f64>,
+    model: Option<ModelRef>,
+}
+
+/// A set of kinds, one bit each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Kinds(u16);
+
+impl Kinds {
+    fn insert(&mut self, k: Kind) {
+        self.0 |= 1 << k as u16;
+    }
+
+    fn contains(&self, k: Kind) -> bool {
+        self.0 & (1 << k as u16) != 0
+    }
+}
 
 /// One task's parts.
 #[derive(Debug, Clone)]
 pub struct Join {
     /// The task.
-    pub task_id: String,
+    pub task_id: Arc<str>,
     /// The first stream sequence of its events (a replay must start at or before it).
     pub first_seq: u64,
-    /// When its first part arrived (wall clock).
+    /// The last stream sequence of its events.
+    pub last_seq: u64,
+    /// When the stream stored its first part: the join window runs from here.
     pub opened: DateTime<Utc>,
-    /// When its required parts were all present.
+    /// When the stream stored the part that made its required parts complete.
     pub complete_at: Option<DateTime<Utc>>,
-    event_ids: BTreeSet<String>,
-    kinds: BTreeSet<Kind>,
+    /// Ids of its events, sorted.
+    event_ids: Vec<String>,
+    kinds: Kinds,
     task_type: Option<String>,
     tenant: Option<String>,
     agent_id: Option<String>,
     routing: Ranked<RoutingDecision>,
-    completion: Ranked<Event>,
+    completion: Ranked<Completion>,
     judgments: BTreeMap<String, f64>,
     validation: Ranked<f64>,
     budget: Ranked<(u64, Option<String>)>,
 }
 
 fn earliest<T>(slot: &mut Ranked<T>, ts: DateTime<Utc>, id: &str, v: T) {
-    if slot.as_ref().is_none_or(|(t, i, _)| (ts, id) < (*t, i.as_str())) {
-        *slot = Some((ts, id.to_owned(), v));
+    if slot.as_deref().is_none_or(|(t, i, _)| (ts, id) < (*t, i.as_str())) {
+        *slot = Some(Box::new((ts, id.to_owned(), v)));
     }
 }
 
 fn latest<T>(slot: &mut Ranked<T>, ts: DateTime<Utc>, id: &str, v: T) {
-    if slot.as_ref().is_none_or(|(t, i, _)| (ts, id) > (*t, i.as_str())) {
-        *slot = Some((ts, id.to_owned(), v));
+    if slot.as_deref().is_none_or(|(t, i, _)| (ts, id) > (*t, i.as_str())) {
+        *slot = Some(Box::new((ts, id.to_owned(), v)));
     }
 }
 
 impl Join {
-    fn new(task_id: &str, seq: u64, now: DateTime<Utc>) -> Self {
+    fn new(task_id: Arc<str>, seq: u64, at: DateTime<Utc>) -> Self {
         Self {
-            task_id: task_id.to_owned(),
+            task_id,
             first_seq: seq,
-            opened: now,
+            last_seq: seq,
+            opened: at,
             complete_at: None,
-            event_ids: BTreeSet::new(),
-            kinds: BTreeSet::new(),
+            event_ids: Vec::new(),
+            kinds: Kinds::default(),
             task_type: None,
             tenant: None,
             agent_id: None,
@@ -110,9 +148,13 @@ impl Join {
         }
     }
 
-    fn add(&mut self, e: &Event, id: &str, seq: u64) {
+    /// Adds a part; false when it is one already joined (same id).
+    fn add(&mut self, e: &Event, id: &str, seq: u64, at: DateTime<Utc>) -> bool {
+        let Err(slot) = self.event_ids.binary_search_by(|x| x.as_str().cmp(id)) else { return false };
+        self.event_ids.insert(slot, id.to_owned());
         self.first_seq = self.first_seq.min(seq);
-        self.event_ids.insert(id.to_owned());
+        self.last_seq = self.last_seq.max(seq);
+        self.opened = self.opened.min(at);
         self.kinds.insert(e.kind());
         // Context fields: the smallest value seen, so arrival order does not matter.
         let keep_min = |slot: &mut Option<String>, v: &Option<String>| {
@@ -127,7 +169,16 @@ impl Join {
         keep_min(&mut self.agent_id, &e.agent_id);
         match &e.data {
             Data::RoutingDecision(d) => earliest(&mut self.routing, e.ts, id, d.clone()),
-            Data::TaskCompleted(_) => latest(&mut self.completion, e.ts, id, e.clone()),
+            Data::TaskCompleted(d) => {
+                let c = Completion {
+                    success: d.success,
+                    latency_ms: d.latency_ms,
+                    cost_usd: e.cost.as_ref().and_then(|c| c.usd),
+                    sample_rate: e.sample_rate,
+                    model: e.model.clone(),
+                };
+                latest(&mut self.completion, e.ts, id, c)
+            }
             Data::Judgment(d) => {
                 self.judgments.insert(id.to_owned(), d.score);
             }
@@ -135,10 +186,11 @@ impl Join {
             Data::ThinkingBudget(d) => latest(&mut self.budget, e.ts, id, (d.budget_tokens, d.complexity.clone())),
             Data::TaskStarted(_) | Data::Minimality(_) | Data::AgentStatus(_) | Data::Custom(_) => {}
         }
+        true
     }
 
     fn has(&self, required: &[Kind]) -> bool {
-        required.iter().all(|k| self.kinds.contains(k))
+        required.iter().all(|k| self.kinds.contains(*k))
     }
 
     /// The dataset of this task.
@@ -152,11 +204,7 @@ impl Join {
 
     /// The sample of this task, or why there is none (a quality filter's reason).
     pub fn sample(&self, config: &RlConfig) -> Result<Sample, &'static str> {
-        let completion = self.completion.as_ref().map(|(_, _, e)| e);
-        let completed = completion.and_then(|e| match &e.data {
-            Data::TaskCompleted(d) => Some(d),
-            _ => None,
-        });
+        let completed = self.completion.as_deref().map(|(_, _, c)| c);
         let quality = if self.judgments.is_empty() {
             None
         } else {
@@ -170,8 +218,8 @@ impl Join {
             quality,
             success: completed.map(|d| d.success),
             latency_ms: completed.map(|d| d.latency_ms),
-            cost_usd: completion.and_then(|e| e.cost.as_ref()).and_then(|c| c.usd),
-            compliance: self.validation.as_ref().map(|(_, _, c)| *c),
+            cost_usd: completed.and_then(|c| c.cost_usd),
+            compliance: self.validation.as_deref().map(|(_, _, c)| *c),
         };
         if [outcome.latency_ms, outcome.cost_usd, outcome.compliance].iter().flatten().any(|v| !v.is_finite()) {
             return Err("non_finite");
@@ -179,7 +227,7 @@ impl Join {
         let reference = config.reference_of(self.task_type.as_deref());
         let comps = components(&outcome, reference);
         let Some(r) = reward(&comps, &config.reward) else { return Err("no_reward") };
-        let action = match &self.routing {
+        let action = match self.routing.as_deref() {
             Some((_, _, d)) => Action {
                 agent_id: Some(d.chosen.agent_id.clone()),
                 chosen: d.chosen.model.clone(),
@@ -190,7 +238,7 @@ impl Join {
                         .and_then(|c| c.probability)
                 }),
             },
-            None => match completion.and_then(|e| e.model.clone()) {
+            None => match completed.and_then(|c| c.model.clone()) {
                 Some(model) => Action { agent_id: self.agent_id.clone(), chosen: model, probability: None },
                 None => return Err("no_action"),
             },
@@ -198,18 +246,18 @@ impl Join {
         if action.probability.is_some_and(|p| !(p.is_finite() && p > 0.0 && p <= 1.0)) {
             return Err("probability_out_of_range");
         }
-        let weight = match completion.and_then(|e| e.sample_rate) {
+        let weight = match completed.and_then(|c| c.sample_rate) {
             Some(rate) if rate > 0.0 && rate <= 1.0 => 1.0 / rate,
             _ => 1.0,
         };
         Ok(Sample {
-            task_id: self.task_id.clone(),
+            task_id: self.task_id.to_string(),
             state: self.state(),
             action,
             reward: r,
             reward_components: comps,
             done: true,
-            event_ids: self.event_ids.iter().cloned().collect(),
+            event_ids: self.event_ids.clone(),
             weight,
         })
     }
@@ -221,7 +269,7 @@ impl Join {
         if let Some(tenant) = &self.tenant {
             s.insert("tenant".into(), json!(tenant));
         }
-        if let Some((_, _, d)) = &self.routing {
+        if let Some((_, _, d)) = self.routing.as_deref() {
             let model = |m: &ModelRef| format!("{}/{}", m.provider, m.name);
             let candidates: Vec<Value> = d
                 .candidates
@@ -232,7 +280,7 @@ impl Join {
             s.insert("strategy".into(), json!(d.strategy));
             s.insert("features".into(), serde_json::to_value(&d.features).unwrap_or(Value::Null));
         }
-        if let Some((_, _, (budget, complexity))) = &self.budget {
+        if let Some((_, _, (budget, complexity))) = self.budget.as_deref() {
             s.insert("budget_tokens".into(), json!(budget));
             if let Some(c) = complexity {
                 s.insert("complexity".into(), json!(c));
@@ -249,6 +297,10 @@ pub struct Ready {
     pub join: Join,
 }
 
+/// The order joins are closed in when several are due at once, and the age order of the
+/// overflow eviction: stream time of the first part, then first sequence, then task.
+type AgeKey = (DateTime<Utc>, u64, Arc<str>);
+
 /// The open joins of a partition.
 #[derive(Debug)]
 pub struct Joins {
@@ -256,10 +308,18 @@ pub struct Joins {
     window: Duration,
     grace: Duration,
     max_open: usize,
-    open: HashMap<String, Join>,
+    open: HashMap<Arc<str>, Join>,
+    /// Every open join by age (window deadlines, eviction).
+    by_age: BTreeSet<AgeKey>,
+    /// Complete joins by the time they became complete (grace deadlines).
+    by_complete: BTreeSet<(DateTime<Utc>, Arc<str>)>,
     /// Tasks emitted or expired, remembered for a join window to recognise late parts.
-    closed: HashSet<String>,
-    closed_order: std::collections::VecDeque<(DateTime<Utc>, String)>,
+    closed: HashSet<Arc<str>>,
+    closed_order: VecDeque<(DateTime<Utc>, Arc<str>)>,
+}
+
+fn age_key(j: &Join) -> AgeKey {
+    (j.opened, j.first_seq, j.task_id.clone())
 }
 
 impl Joins {
@@ -272,8 +332,10 @@ impl Joins {
             grace: to(config.join_grace),
             max_open: config.max_open_joins,
             open: HashMap::new(),
+            by_age: BTreeSet::new(),
+            by_complete: BTreeSet::new(),
             closed: HashSet::new(),
-            closed_order: std::collections::VecDeque::new(),
+            closed_order: VecDeque::new(),
         }
     }
 
@@ -292,9 +354,9 @@ impl Joins {
         self.open.values().map(|j| j.first_seq).min()
     }
 
-    /// Adds an event (stream sequence `seq`) at wall-clock `now`. A join beyond the cap expires
-    /// the oldest one, returned in the second value.
-    pub fn add(&mut self, e: &Event, seq: u64, now: DateTime<Utc>) -> (Added, Option<(Join, Expiry)>) {
+    /// Adds an event (stream sequence `seq`, stored by the stream at `at`). A join beyond the
+    /// cap expires the oldest one, returned in the second value.
+    pub fn add(&mut self, e: &Event, seq: u64, at: DateTime<Utc>) -> (Added, Option<(Join, Expiry)>) {
         if matches!(e.kind(), Kind::AgentStatus | Kind::Custom) {
             return (Added::Ignored, None);
         }
@@ -306,34 +368,48 @@ impl Joins {
         let mut evicted = None;
         if !self.open.contains_key(task_id)
             && self.open.len() >= self.max_open
-            && let Some(old) = self.oldest()
+            && let Some((_, _, oldest)) = self.by_age.first().cloned()
         {
-            evicted = self.close(&old, now).map(|j| (j, Expiry::Overflow));
+            evicted = self.close(&oldest, at).map(|j| (j, Expiry::Overflow));
         }
-        let join = self.open.entry(task_id.to_owned()).or_insert_with(|| Join::new(task_id, seq, now));
-        if join.event_ids.contains(&id) {
+        let join = match self.open.get_mut(task_id) {
+            Some(j) => j,
+            None => {
+                let task: Arc<str> = Arc::from(task_id);
+                let j = Join::new(task.clone(), seq, at);
+                self.by_age.insert(age_key(&j));
+                self.open.entry(task).or_insert(j)
+            }
+        };
+        let before = age_key(join);
+        if !join.add(e, &id, seq, at) {
             return (Added::Duplicate, evicted);
         }
-        join.add(e, &id, seq);
+        let after = age_key(join);
+        if after != before {
+            self.by_age.remove(&before);
+            self.by_age.insert(after);
+        }
         if join.complete_at.is_none() && join.has(&self.required) {
-            join.complete_at = Some(now);
+            join.complete_at = Some(at);
+            self.by_complete.insert((at, join.task_id.clone()));
         }
         (Added::Joined, evicted)
     }
 
-    fn oldest(&self) -> Option<String> {
-        self.open.values().min_by_key(|j| (j.opened, j.first_seq)).map(|j| j.task_id.clone())
-    }
-
     fn close(&mut self, task_id: &str, now: DateTime<Utc>) -> Option<Join> {
         let join = self.open.remove(task_id)?;
-        self.closed.insert(task_id.to_owned());
-        self.closed_order.push_back((now, task_id.to_owned()));
+        self.by_age.remove(&age_key(&join));
+        if let Some(c) = join.complete_at {
+            self.by_complete.remove(&(c, join.task_id.clone()));
+        }
+        self.closed.insert(join.task_id.clone());
+        self.closed_order.push_back((now, join.task_id.clone()));
         Some(join)
     }
 
     /// Tasks whose grace is over (ready) and joins whose window passed (ready when the required
-    /// parts are present, else expired with the first missing part).
+    /// parts are present, else expired with the first missing part), by the clock `now`.
     pub fn due(&mut self, now: DateTime<Utc>) -> (Vec<Ready>, Vec<(Join, Expiry)>) {
         // Forget closed tasks older than a window: a part that late is a new, incomplete join
         // that expires (the ledger still keeps it out of a second batch).
@@ -344,17 +420,17 @@ impl Joins {
                 self.closed.remove(&id);
             }
         }
-        let mut due: Vec<(DateTime<Utc>, u64, String)> = self
-            .open
-            .values()
-            .filter(|j| j.complete_at.is_some_and(|c| c + self.grace <= now) || j.opened + self.window <= now)
-            .map(|j| (j.opened, j.first_seq, j.task_id.clone()))
-            .collect();
-        due.sort();
+        let mut due: BTreeSet<AgeKey> =
+            self.by_age.iter().take_while(|(opened, _, _)| *opened + self.window <= now).cloned().collect();
+        for (_, task) in self.by_complete.iter().take_while(|(c, _)| *c + self.grace <= now) {
+            if let Some(j) = self.open.get(task) {
+                due.insert(age_key(j));
+            }
+        }
         let (mut ready, mut expired) = (Vec::new(), Vec::new());
         for (_, _, task_id) in due {
             let Some(join) = self.close(&task_id, now) else { continue };
-            match self.required.iter().find(|k| !join.kinds.contains(k)) {
+            match self.required.iter().find(|k| !join.kinds.contains(**k)) {
                 None => ready.push(Ready { join }),
                 Some(missing) => expired.push((join, Expiry::Missing(*missing))),
             }
@@ -362,11 +438,10 @@ impl Joins {
         (ready, expired)
     }
 
-    /// Closes every open join now (shutdown): the complete ones are ready, the rest stay for
-    /// the successor's replay (they are returned to be counted, not expired).
+    /// Closes every complete join now (shutdown): they are ready; the incomplete ones stay for
+    /// the successor's replay.
     pub fn drain_complete(&mut self, now: DateTime<Utc>) -> Vec<Ready> {
-        let complete: Vec<String> =
-            self.open.values().filter(|j| j.complete_at.is_some()).map(|j| j.task_id.clone()).collect();
+        let complete: Vec<Arc<str>> = self.by_complete.iter().map(|(_, t)| t.clone()).collect();
         complete.into_iter().filter_map(|t| self.close(&t, now)).map(|join| Ready { join }).collect()
     }
 }
@@ -526,6 +601,57 @@ mod tests {
         assert!(ready.is_empty());
         let why: Vec<_> = expired.iter().map(|(j, e)| (j.task_id.clone(), e.label())).collect();
         assert_eq!(why, [("b".into(), "missing_task_completed".into()), ("c".into(), "missing_judgment".into())]);
+    }
+
+    #[test]
+    fn a_rebuilt_join_keeps_the_deadlines_of_the_stream_times_it_was_stored_at() {
+        let cfg = RlConfig::default();
+        let stored = at("2026-11-27T10:00:10Z");
+        // Rebuilt an hour later: the window ran from when the stream stored the part.
+        let mut j = Joins::new(&cfg);
+        j.add(&parts("t")[3], 7, stored);
+        assert!(j.due(stored + Duration::minutes(10) - Duration::milliseconds(1)).1.is_empty());
+        let (_, expired) = j.due(stored + Duration::minutes(10));
+        assert_eq!(expired.len(), 1);
+        // A part stored earlier but read later (a redelivery) moves the opening back.
+        let mut j = Joins::new(&cfg);
+        j.add(&parts("t")[3], 9, stored);
+        j.add(&parts("t")[0], 5, stored - Duration::minutes(3));
+        let (_, expired) = j.due(stored + Duration::minutes(7));
+        assert_eq!(expired.iter().map(|(j, _)| j.first_seq).collect::<Vec<_>>(), [5]);
+        // The grace runs from when the stream stored the last required part.
+        let mut j = Joins::new(&cfg);
+        j.add(&parts("t")[3], 1, stored);
+        j.add(&parts("t")[4], 2, stored + Duration::seconds(30));
+        assert!(j.due(stored + Duration::seconds(34)).0.is_empty());
+        assert_eq!(j.due(stored + Duration::seconds(35)).0.len(), 1);
+    }
+
+    #[test]
+    fn the_cap_evicts_in_age_order_and_the_indexes_stay_consistent() {
+        let cfg = RlConfig { max_open_joins: 1_000, ..RlConfig::default() };
+        let mut j = Joins::new(&cfg);
+        let t0 = at("2026-11-27T10:00:00Z");
+        let mut evicted = Vec::new();
+        for i in 0..5_000u64 {
+            let mut e = parts("x")[3].clone();
+            e.task_id = Some(format!("task-{i:05}"));
+            // Every other task is complete as soon as it opens.
+            let (_, out) = j.add(&e, i + 1, t0 + Duration::milliseconds(i as i64));
+            evicted.extend(out.map(|(j, why)| (j.task_id.to_string(), why)));
+            if i % 2 == 0 {
+                let mut judged = parts("x")[4].clone();
+                judged.task_id = e.task_id.clone();
+                j.add(&judged, i + 1, t0 + Duration::milliseconds(i as i64));
+            }
+        }
+        let want: Vec<_> = (0..4_000).map(|i| (format!("task-{i:05}"), Expiry::Overflow)).collect();
+        assert_eq!(evicted, want, "the oldest first, each once");
+        assert_eq!((j.len(), j.by_age.len()), (1_000, 1_000));
+        assert_eq!(j.by_complete.len(), 500, "evicted complete joins left the grace index");
+        let (ready, expired) = j.due(t0 + Duration::hours(1));
+        assert_eq!((ready.len(), expired.len()), (500, 500));
+        assert!(j.is_empty() && j.by_age.is_empty() && j.by_complete.is_empty());
     }
 
     proptest! {

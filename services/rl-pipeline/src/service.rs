@@ -10,7 +10,13 @@
 //! takeover, samples of tasks with any event the previous owner had been delivered are looked up
 //! in the ledger and dropped when they are batched already (a late part must not make a second
 //! sample), unless they belong to a batch it decided but may not have published, which is
-//! rebuilt and published again. A replayed join's window starts again when it is rebuilt.
+//! rebuilt and published again.
+//!
+//! The joins' clock is the stream's: every part is joined at the time the stream stored it, and
+//! while the partition has a backlog the clock is the storage time of the newest event read
+//! (the wall clock once caught up). A rebuilt join keeps its deadlines, and a backlog read after
+//! an outage is joined as it would have been live: no join expires because the pipeline was
+//! behind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +27,7 @@ use async_nats::jetstream::Context;
 use async_nats::jetstream::kv::{self, Store};
 use base64::Engine as _;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use modelperf_bus::{
     BusError, Checkpoint, CheckpointStore, Incoming, Leases, Outgoing, Process, Service, Share, Topology, buckets,
@@ -122,9 +128,24 @@ struct Progress {
     /// Events up to here only rebuild the joins.
     replay_until: u64,
     seen: u64,
+    /// Storage time of the newest event read.
+    stream_time: DateTime<Utc>,
     pending: u64,
     delivery: Option<u64>,
     last: Option<async_nats::jetstream::Message>,
+}
+
+impl Progress {
+    /// The joins' clock: the stream's while behind, the wall clock once caught up.
+    fn clock(&self) -> DateTime<Utc> {
+        let now = Utc::now();
+        if self.pending > 0 { self.stream_time.min(now) } else { now }
+    }
+}
+
+/// When the stream stored a message.
+fn stored_at(published: &time::OffsetDateTime) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(i64::try_from(published.unix_timestamp_nanos()).unwrap_or(i64::MAX))
 }
 
 async fn own_partition(ctx: &Ctx, p: u32, leave: CancellationToken, lost: CancellationToken) -> anyhow::Result<u64> {
@@ -165,6 +186,7 @@ async fn own_partition(ctx: &Ctx, p: u32, leave: CancellationToken, lost: Cancel
         checkpointed: applied,
         replay_until: applied,
         seen: 0,
+        stream_time: DateTime::<Utc>::MIN_UTC,
         pending,
         delivery: None,
         last: None,
@@ -205,9 +227,10 @@ async fn own_partition(ctx: &Ctx, p: u32, leave: CancellationToken, lost: Cancel
             if seq <= progress.applied && seq > progress.replay_until {
                 continue; // a redelivery of something applied since the checkpoint
             }
-            let now = Utc::now();
+            let stored = stored_at(&info.published);
+            progress.stream_time = progress.stream_time.max(stored);
             match modelperf_schema::from_msgpack::<Event>(&msg.payload) {
-                Ok(e) => part.add(&e, seq, now),
+                Ok(e) => part.add(&e, seq, stored),
                 Err(err) if seq > progress.replay_until => {
                     let stream_name = info.stream.to_owned();
                     let incoming = Incoming {
@@ -249,7 +272,7 @@ async fn tick(
 ) -> anyhow::Result<()> {
     let rebuilding = progress.seen < progress.replay_until && progress.pending > 0;
     if !rebuilding {
-        let now = Utc::now();
+        let now = progress.clock();
         for r in part.take_ready(now, shutdown) {
             // Any part delivered to the previous owner: the task may be in one of its batches.
             if r.first_seq <= horizon && !part.in_decided(&r.sample.task_id) {

@@ -61,8 +61,6 @@ type Slots = BTreeMap<String, (Sample, u64, u64)>;
 pub struct Partition {
     config: RlConfig,
     joins: Joins,
-    /// Last stream sequence of each open join's events.
-    last_seq: BTreeMap<String, u64>,
     open: BTreeMap<String, Open>,
     /// Quality-filter drops per dataset since its batch opened.
     filtered: BTreeMap<String, BTreeMap<String, u64>>,
@@ -75,7 +73,6 @@ impl Partition {
         Self {
             joins: Joins::new(&config),
             config,
-            last_seq: BTreeMap::new(),
             open: BTreeMap::new(),
             filtered: BTreeMap::new(),
             decided: marks.decided.into_iter().map(|d| (d, BTreeMap::new())).collect(),
@@ -87,22 +84,16 @@ impl Partition {
         self.joins.len()
     }
 
-    /// Adds an event (replayed or new: the join does not care).
-    pub fn add(&mut self, e: &Event, seq: u64, now: DateTime<Utc>) {
-        let (added, evicted) = self.joins.add(e, seq, now);
+    /// Adds an event (replayed or new: the join does not care) that the stream stored at `at`.
+    pub fn add(&mut self, e: &Event, seq: u64, at: DateTime<Utc>) {
+        let (added, evicted) = self.joins.add(e, seq, at);
         match added {
-            Added::Joined => {
-                if let Some(task) = &e.task_id {
-                    let last = self.last_seq.entry(task.clone()).or_insert(seq);
-                    *last = (*last).max(seq);
-                }
-            }
+            Added::Joined => {}
             Added::Duplicate => metrics::counter!("modelperf_rl_duplicate_events_total").increment(1),
             Added::Late => metrics::counter!("modelperf_rl_late_parts_total").increment(1),
             Added::NoTask | Added::Ignored => {}
         }
-        if let Some((join, why)) = evicted {
-            self.last_seq.remove(&join.task_id);
+        if let Some((_, why)) = evicted {
             self.expire(why);
         }
     }
@@ -111,19 +102,19 @@ impl Partition {
         metrics::counter!("modelperf_rl_joins_expired_total", "reason" => why.label()).increment(1);
     }
 
-    /// Joins that became samples (quality filters applied and counted), and expiries counted.
+    /// Joins that became samples by the clock `now` (quality filters applied and counted), and
+    /// expiries counted.
     pub fn take_ready(&mut self, now: DateTime<Utc>, shutdown: bool) -> Vec<ReadySample> {
         let (mut ready, expired) = self.joins.due(now);
         if shutdown {
             ready.extend(self.joins.drain_complete(now));
         }
-        for (join, why) in expired {
-            self.last_seq.remove(&join.task_id);
+        for (_, why) in expired {
             self.expire(why);
         }
         let mut out = Vec::with_capacity(ready.len());
         for r in ready {
-            let last_seq = self.last_seq.remove(&r.join.task_id).unwrap_or(r.join.first_seq);
+            let last_seq = r.join.last_seq;
             let dataset = r.join.dataset(&self.config);
             match r.join.sample(&self.config) {
                 Ok(sample) => out.push(ReadySample { dataset, sample, first_seq: r.join.first_seq, last_seq }),

@@ -196,10 +196,15 @@ impl Drop for Proc {
 }
 
 fn pipeline(url: &str) -> Proc {
+    pipeline_on(url, 0)
+}
+
+/// The pipeline process with its health and metrics on `port` (0: any).
+fn pipeline_on(url: &str, port: u16) -> Proc {
     Proc(
         Command::new(env!("CARGO_BIN_EXE_modelperf-rl-pipeline"))
             .env("MODELPERF_NATS__URL", url)
-            .env("MODELPERF_HTTP__LISTEN", "127.0.0.1:0")
+            .env("MODELPERF_HTTP__LISTEN", format!("127.0.0.1:{port}"))
             .env("MODELPERF_BUS__PARTITIONS", PARTITIONS.to_string())
             .env("MODELPERF_BUS__LEASE_TTL", "1s")
             .env("MODELPERF_BUS__CHECKPOINT_INTERVAL", "200ms")
@@ -243,4 +248,78 @@ async fn killed_under_load_every_task_is_still_in_exactly_one_sample() {
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "tasks in two samples: {twice:?}");
     drop(proc);
+}
+
+/// Samples a process has published, from its `/metrics`.
+async fn samples_published(port: u16) -> Option<u64> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    let total = text
+        .lines()
+        .filter(|l| l.starts_with("modelperf_rl_samples_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    Some(total as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_replicas_killed_every_task_is_still_in_exactly_one_sample() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let js = jetstream::new(client.clone());
+    ensure(&js).await;
+    // Which partitions each replica owns, from the heartbeats.
+    let owned: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<String>>>> = Default::default();
+    let mut beats = client.subscribe("perf.health.rl-pipeline.*").await.unwrap();
+    let recorder = {
+        let owned = owned.clone();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            while let Some(m) = beats.next().await {
+                let beat: modelperf_schema::messages::Heartbeat = rmp_serde::from_slice(&m.payload).unwrap();
+                owned.lock().unwrap().insert(beat.instance, beat.owned);
+            }
+        })
+    };
+    let (port_a, port_b) = (modelperf_testkit::free_port(), modelperf_testkit::free_port());
+    let mut a = pipeline_on(nats.url(), port_a);
+    let b = pipeline_on(nats.url(), port_b);
+    let producer = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            for chunk in 0..40 {
+                let events: Vec<Event> = (0..50).flat_map(|i| task("two", chunk * 50 + i)).collect();
+                publish(&js, &events).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    // Before the kill, both replicas own partitions and have published samples.
+    eventually(Duration::from_secs(30), || async {
+        let a_done = samples_published(port_a).await? > 0;
+        let b_done = samples_published(port_b).await? > 0;
+        let split = {
+            let owned = owned.lock().unwrap();
+            owned.len() == 2 && owned.values().all(|o| o.iter().any(|k| k.starts_with("rl.p")))
+        };
+        (a_done && b_done && split).then_some(())
+    })
+    .await
+    .expect("both replicas should own partitions and publish samples");
+    a.0.kill().unwrap();
+    a.0.wait().unwrap();
+    producer.await.unwrap();
+    let want: BTreeSet<String> = (0..2_000).map(|i| format!("two-task-{i}")).collect();
+    let seen = wait_for_tasks(&js, &want).await;
+    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), want);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "tasks in two samples: {twice:?}");
+    // The survivor took every partition over.
+    eventually(Duration::from_secs(20), || async {
+        let owned = owned.lock().unwrap();
+        owned.values().any(|o| (0..PARTITIONS).all(|p| o.contains(&format!("rl.p{p}")))).then_some(())
+    })
+    .await
+    .expect("the surviving replica should own every partition");
+    recorder.abort();
+    drop(b);
 }
