@@ -1,7 +1,8 @@
 //! `modelperf`: the command-line tool of modelperf.
 //!
 //! Layout: `main.rs` parses the command line and connects; `load.rs` is the synthetic workload;
-//! `dlq.rs` lists and replays dead letters.
+//! `dlq.rs` lists and replays dead letters; `batches.rs` lists, tails and exports RL training
+//! batches.
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 use modelperf_bus::{BusConfig, NatsConfig, Service, Topology};
 use serde::{Deserialize, Serialize};
 
+mod batches;
 mod dlq;
 mod load;
 
@@ -38,6 +40,8 @@ enum Command {
     ServerCheck,
     /// Rebuild the windows of a period from PERF_EVENTS and rewrite them with a new revision.
     Reaggregate(ReaggregateArgs),
+    /// RL training batches per dataset; `batches tail` the latest, `batches export` to JSONL.
+    Batches(batches::BatchesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,13 +59,18 @@ struct ReaggregateArgs {
 
 impl ReaggregateArgs {
     fn since(&self) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
-        if let Ok(ts) = modelperf_schema::parse_ts(&self.since) {
-            return Ok(ts);
-        }
-        let ago = humantime::parse_duration(&self.since)
-            .with_context(|| format!("--since {}: neither an RFC 3339 time nor a duration", self.since))?;
-        Ok(chrono::Utc::now() - chrono::Duration::from_std(ago)?)
+        time_arg("--since", &self.since)
     }
+}
+
+/// A time argument: an RFC 3339 time, or a duration ago (`6h`, `2d`).
+fn time_arg(flag: &str, value: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(ts) = modelperf_schema::parse_ts(value) {
+        return Ok(ts);
+    }
+    let ago = humantime::parse_duration(value)
+        .with_context(|| format!("{flag} {value}: neither an RFC 3339 time nor a duration"))?;
+    Ok(chrono::Utc::now() - chrono::Duration::from_std(ago).with_context(|| format!("{flag} {value}: too long ago"))?)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -122,6 +131,7 @@ async fn run(command: Command, config: Config, config_file: Option<&std::path::P
             Topology::contract(&config.bus, config.nats.replicas).for_service(Service::All).ensure(&js).await?;
             dlq::run(&js, &args).await?
         }
+        Command::Batches(args) => batches::run(&js, &args).await?,
         Command::Streams => {
             let topology = Topology::contract(&config.bus, config.nats.replicas);
             println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");
