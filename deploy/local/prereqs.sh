@@ -4,6 +4,7 @@
 #     (Debian's nats-server is 2.9, too old for the KV and object store we use);
 #   - influxd (Debian's influxdb, 1.x) and alertmanager (Debian's prometheus-alertmanager), with
 #     apt when running as root.
+#   - the pinned Python statistics libraries libs/stats is checked against, into .tools/stats-venv.
 # Idempotent; prints what it does. Usage: deploy/local/prereqs.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -53,6 +54,20 @@ say "alertmanager: $( (prometheus-alertmanager --version 2>&1 || alertmanager --
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
 python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
 "$root/examples/setup.sh" | sed 's/^/  /'
+
+# libs/stats checks itself against Python's statistics libraries: the test suite reruns
+# libs/stats/reference/gen_fixtures.py with the pinned versions, kept in their own venv.
+stats_venv="$tools/stats-venv"
+stats_requirements="$root/libs/stats/reference/requirements.txt"
+if [ ! -x "$stats_venv/bin/python" ] || ! cmp -s "$stats_requirements" "$stats_venv/requirements.txt"; then
+  say "installing libs/stats/reference/requirements.txt into .tools/stats-venv"
+  [ -x "$stats_venv/bin/python" ] || python3 -m venv "$stats_venv"
+  PIP_ROOT_USER_ACTION=ignore "$stats_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$stats_requirements"
+  cp "$stats_requirements" "$stats_venv/requirements.txt"
+fi
+say "stats reference: $("$stats_venv/bin/python" -c 'from importlib.metadata import version as v
+print(", ".join(f"{p} {v(p)}" for p in ("numpy", "scipy", "statsmodels", "pymannkendall")))')"
 
 # The test suite runs under cargo-nextest (one process per test: metrics and servers stay apart).
 if ! cargo nextest --version >/dev/null 2>&1; then
