@@ -1,6 +1,6 @@
 //! `modelperf batches` against a real NATS server and batches made by the real rl-pipeline from a
-//! known workload: the datasets' counts, the tail, exports of a sequence range and of a time
-//! span (the exported task set is asserted), and tampered batches reported by name.
+//! known workload: the datasets' counts, the tail (and following it), exports of a sequence range
+//! and of a time span (the exported task set is asserted), and tampered batches reported by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -17,6 +17,7 @@ use modelperf_schema::Event;
 use modelperf_schema::messages::Batch;
 use modelperf_testkit::{NatsServer, eventually, read_stream};
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt as _;
 use tokio::sync::oneshot;
 
 const PARTITIONS: u32 = 4;
@@ -338,6 +339,40 @@ async fn list_tail_and_export_agree_with_the_stream() {
     assert!(!success && stderr.contains("--from-seq"), "{stderr}");
 
     no_durable_consumers(&f.js).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follow_prints_new_batches_as_they_are_stored() {
+    let f = Fixture::new().await;
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_modelperf"))
+        .args(["batches", "tail", "-n", "1", "--follow"])
+        .env("MODELPERF_NATS__URL", f.url())
+        .env_remove("MODELPERF_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("tail --follow printed nothing")
+            .unwrap()
+            .unwrap()
+    };
+    assert!(next_line().await.starts_with("     seq  created_at"));
+    let last = &f.batches[f.batches.len() - 1];
+    assert!(next_line().await.contains(&last.batch.batch_id), "the last batch first");
+    let new = renamed(&last.batch, "-new");
+    let seq = publish_batch(&f.js, &new).await;
+    let line = next_line().await;
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (cols[0], cols[2], cols[3]),
+        (seq.to_string().as_str(), new.dataset.as_str(), new.batch_id.as_str()),
+        "{line}"
+    );
+    follow.kill().await.unwrap();
 }
 
 /// Publishes `batch` as the pipeline would (`Nats-Msg-Id` = `batch_id`); returns its sequence.
