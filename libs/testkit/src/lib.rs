@@ -139,6 +139,11 @@ impl NatsServer {
         &self.url
     }
 
+    /// The server's process id (`None` for a reused server).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the server (`SIGKILL`) keeping its store, to restart it with [`Self::restart`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

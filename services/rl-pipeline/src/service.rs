@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use modelperf_bus::{
     BusError, Checkpoint, CheckpointStore, Incoming, Leases, Outgoing, Process, Service, Share, Topology, buckets,
-    dead_letter, open_at, send, streams,
+    dead_letter, open_at, send, send_all, streams,
 };
 use modelperf_schema::Event;
 use modelperf_schema::messages::Batch;
@@ -289,10 +289,9 @@ async fn tick(
         if decided || !batches.is_empty() {
             // The decision first: a successor rebuilds and publishes exactly these batches.
             save(store, part, progress).await?;
-            for batch in batches {
-                enter_in_ledger(ctx, &batch).await?;
-                publish(ctx, &batch).await?;
-                part.published(&batch);
+            publish(ctx, &batches).await?;
+            for batch in &batches {
+                part.published(batch);
             }
             save(store, part, progress).await?;
         }
@@ -317,13 +316,32 @@ async fn save(store: &mut CheckpointStore, part: &Partition, progress: &mut Prog
     Ok(())
 }
 
-/// Enters every task of `batch` in the create-only ledger. A task already entered for this batch
-/// (a republication) is fine; for another batch, this owner is not the only one: it stops.
+/// Ledger entries written at once: each is a round trip to the server, and a batch holds up to
+/// `batch_size` tasks.
+const LEDGER_IN_FLIGHT: usize = 128;
+
+/// Enters every task of `batch` in the create-only ledger ([`LEDGER_IN_FLIGHT`] at a time; the
+/// batch goes out only once all are in). A task already entered for this batch (a
+/// republication) is fine; for another batch, this owner is not the only one: it stops.
 async fn enter_in_ledger(ctx: &Ctx, batch: &Batch) -> anyhow::Result<()> {
     let value = Bytes::from(batch.batch_id.clone());
-    for s in &batch.samples {
-        let key = ledger_key(&batch.dataset, &s.task_id);
-        match ctx.ledger.create(&key, value.clone()).await {
+    // Owned futures: a stream of futures borrowing the batch is not `Send` for every lifetime.
+    let creates: Vec<_> = batch
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (ledger, key, value) = (ctx.ledger.clone(), ledger_key(&batch.dataset, &s.task_id), value.clone());
+            async move {
+                let created = ledger.create(&key, value).await;
+                (i, key, created)
+            }
+        })
+        .collect();
+    let mut entries = futures::stream::iter(creates).buffer_unordered(LEDGER_IN_FLIGHT);
+    while let Some((i, key, created)) = entries.next().await {
+        let s = &batch.samples[i];
+        match created {
             Ok(_) => {}
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let held = ctx.ledger.get(&key).await.map_err(|e| BusError::js(format!("read ledger {key}"), e))?;
@@ -342,13 +360,19 @@ async fn enter_in_ledger(ctx: &Ctx, batch: &Batch) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn publish(ctx: &Ctx, batch: &Batch) -> anyhow::Result<()> {
-    let body = rmp_serde::to_vec_named(batch).context("encode batch")?;
-    let subject = format!("rl.batches.{}", batch.dataset);
-    let out = Outgoing::new(subject.clone(), batch.batch_id.clone(), body);
-    send(&ctx.js, out).await?.await.map_err(|e| BusError::Publish { subject, reason: e.to_string() })?;
-    metrics::counter!("modelperf_rl_batches_total", "dataset" => batch.dataset.clone()).increment(1);
-    metrics::counter!("modelperf_rl_samples_total", "dataset" => batch.dataset.clone()).increment(batch.stats.n);
-    tracing::debug!(batch = %batch.batch_id, dataset = %batch.dataset, n = batch.stats.n, "batch published");
+/// Enters the tasks of `batches` in the ledger, then publishes them all, their acks pipelined.
+async fn publish(ctx: &Ctx, batches: &[Batch]) -> anyhow::Result<()> {
+    let mut outs = Vec::with_capacity(batches.len());
+    for batch in batches {
+        enter_in_ledger(ctx, batch).await?;
+        let body = rmp_serde::to_vec_named(batch).context("encode batch")?;
+        outs.push(Outgoing::new(format!("rl.batches.{}", batch.dataset), batch.batch_id.clone(), body));
+    }
+    send_all(&ctx.js, outs, ctx.config.bus.max_ack_pending as usize).await?;
+    for batch in batches {
+        metrics::counter!("modelperf_rl_batches_total", "dataset" => batch.dataset.clone()).increment(1);
+        metrics::counter!("modelperf_rl_samples_total", "dataset" => batch.dataset.clone()).increment(batch.stats.n);
+        tracing::debug!(batch = %batch.batch_id, dataset = %batch.dataset, n = batch.stats.n, "batch published");
+    }
     Ok(())
 }

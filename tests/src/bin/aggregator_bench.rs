@@ -21,8 +21,7 @@
 //!    When it stalls with the defaults (nothing acknowledged for 30 s), the stall is reported and
 //!    the drain repeated with `MODELPERF_BUS__MAX_ACK_PENDING` = [`PUBLISH_INFLIGHT`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,10 +29,9 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, Context};
 use chrono::{DateTime, Utc};
 use modelperf_aggregator::owner::AggOwner;
-use modelperf_bus::{
-    Checkpoint, CheckpointStore, Failure, Incoming, Outgoing, OwnerConfig, PartitionOwner, Topology, buckets, streams,
-};
+use modelperf_bus::{CheckpointStore, OwnerConfig, Topology, buckets, streams};
 use modelperf_client::{EventBuilder, KindData};
+use modelperf_e2e::bench::{Identity, Preloader, Running, Timed, bin, median, messages, mix, rss_kib, watch_rss};
 use modelperf_schema::{Cost, Event, ModelRef, Privacy, PrivacyLevel};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -127,14 +125,6 @@ const PER_TENANT: u64 = (MODELS.len() * TASK_TYPES.len()) as u64;
 
 /// Event time covered by a pre-load.
 const SPAN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
-
-/// A deterministic pseudo-random 64-bit value of `x` (SplitMix64).
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 fn ms(x: f64) -> chrono::TimeDelta {
     chrono::TimeDelta::microseconds((x * 1000.0) as i64)
@@ -250,7 +240,6 @@ struct Preload {
 
 /// Publishes `n` clean events to `perf.events.<kind>.<p>` with their ids, acks pipelined.
 async fn preload(js: &Context, n: u64, partitions: u32, tenants: u64, tag: &str) -> anyhow::Result<Preload> {
-    let started = Instant::now();
     let group_by = modelperf_aggregator::config::AggregatorConfig::default().group_by;
     // Ending a minute ago: the latest completion (task time + latency) is still in the past, so
     // a drain's watermark never depends on when it runs.
@@ -267,27 +256,15 @@ async fn preload(js: &Context, n: u64, partitions: u32, tenants: u64, tag: &str)
     };
     let mut series_ids: HashMap<BTreeMap<String, String>, u32> = HashMap::new();
     let mut per_window: HashMap<DateTime<Utc>, HashSet<u32>> = HashMap::new();
-    let mut acks = VecDeque::new();
+    let mut out = Preloader::new(js, partitions);
     let mut t = 0u64;
     'tasks: loop {
-        let ts = from + SPAN * (p.events as i32) / (n.max(1) as i32);
+        let ts = from + SPAN * (out.events as i32) / (n.max(1) as i32);
         for e in task_events(t, ts, tenants, tag)? {
-            if p.events == n {
+            if out.events == n {
                 break 'tasks;
             }
-            let id = e.id.clone().context("event without id")?;
-            let part = modelperf_bus::partition_of(e.partition_key(), partitions);
-            let subject = format!("perf.events.{}.{part}", e.kind().as_str());
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
-            let body = modelperf_schema::to_msgpack(&e)?;
-            acks.push_back((part, js.publish_with_headers(subject, headers, body.into()).await?));
-            if acks.len() >= 2_000 {
-                let (part, ack) = acks.pop_front().context("non-empty")?;
-                let seq = ack.await?.sequence;
-                p.last_seq[part as usize] = p.last_seq[part as usize].max(seq);
-            }
-            p.events += 1;
+            out.publish(&e).await?;
             *p.kinds.entry(e.kind().as_str()).or_default() += 1;
             p.first_ts = p.first_ts.min(e.ts);
             p.last_ts = p.last_ts.max(e.ts);
@@ -298,66 +275,16 @@ async fn preload(js: &Context, n: u64, partitions: u32, tenants: u64, tag: &str)
         }
         t += 1;
     }
-    for (part, ack) in acks {
-        let seq = ack.await?.sequence;
-        p.last_seq[part as usize] = p.last_seq[part as usize].max(seq);
-    }
+    p.elapsed = out.finish().await?;
+    p.events = out.events;
+    p.last_seq = out.last_seq;
     p.series = series_ids.len();
     p.series_per_window = per_window.values().map(HashSet::len).max().unwrap_or(0);
-    p.elapsed = started.elapsed();
     Ok(p)
 }
 
 // ---------------------------------------------------------------------------------------------
 // The drain.
-
-/// Pulls, checkpoints and acknowledges like a partition owner, but looks at nothing.
-struct Identity;
-
-impl PartitionOwner for Identity {
-    fn apply(&mut self, _msg: &Incoming<'_>) -> Result<Vec<Outgoing>, Failure> {
-        Ok(Vec::new())
-    }
-
-    fn checkpoint(&self, applied_seq: u64) -> Checkpoint {
-        Checkpoint { applied_seq, ..Checkpoint::default() }
-    }
-}
-
-/// An owner that reports the moment it has applied its partition's last sequence.
-struct Timed<O> {
-    inner: O,
-    last_seq: u64,
-    done: Option<mpsc::UnboundedSender<Instant>>,
-}
-
-impl<O: PartitionOwner> PartitionOwner for Timed<O> {
-    fn replay(&mut self, msg: &Incoming<'_>) {
-        self.inner.replay(msg);
-    }
-
-    fn apply(&mut self, msg: &Incoming<'_>) -> Result<Vec<Outgoing>, Failure> {
-        let out = self.inner.apply(msg);
-        if msg.seq >= self.last_seq
-            && let Some(done) = self.done.take()
-        {
-            let _ = done.send(Instant::now());
-        }
-        out
-    }
-
-    fn tick(&mut self, caught_up: bool) -> Vec<Outgoing> {
-        self.inner.tick(caught_up)
-    }
-
-    fn published(&mut self) {
-        self.inner.published();
-    }
-
-    fn checkpoint(&self, applied_seq: u64) -> Checkpoint {
-        self.inner.checkpoint(applied_seq)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
@@ -373,10 +300,6 @@ struct Drained {
     partials: u64,
     /// Peak resident memory of this process during the drain (KiB).
     peak_rss: u64,
-}
-
-async fn messages(js: &Context, stream: &str) -> anyhow::Result<u64> {
-    Ok(js.get_stream(stream).await?.info().await?.state.messages)
 }
 
 /// Messages of the partition consumers not yet acknowledged (pending or in flight); `None`
@@ -559,45 +482,6 @@ async fn drain(
 // ---------------------------------------------------------------------------------------------
 // The process.
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
-    let path = dir.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: cargo build --release -p modelperf-aggregator --bins (or make bench)",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// A child process, killed on every way out.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Samples the resident memory of `pid` every 200 ms until `stop`; returns the peak (KiB).
-fn watch_rss(pid: u32, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut peak = 0;
-        while !stop.is_cancelled() {
-            peak = peak.max(rss_kib(pid).unwrap_or(0));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        peak
-    })
-}
-
 /// Whether the finaliser has read and acknowledged every partial stored so far.
 async fn finaliser_settled(js: &Context) -> anyhow::Result<bool> {
     let stream = js.get_stream(streams::PARTIALS).await?;
@@ -707,11 +591,6 @@ async fn process_drain(
             Ok(false)
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 #[tokio::main]

@@ -12,7 +12,6 @@
 //!    memory, sampled every 200 ms.
 //! 3. Full speed as a process: a pre-load drained by the collector binary, with its peak memory.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use async_nats::jetstream::{self, Context};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use modelperf_bus::{Failure, Handler, Incoming, Outgoing, RunnerConfig, Topology};
+use modelperf_e2e::bench::{bin, median, messages, watch_rss};
 use tokio_util::sync::CancellationToken;
 
 // The same allocator as the service binaries.
@@ -62,17 +62,6 @@ impl Handler for Identity {
 }
 
 const IDENTITY_STREAM: &str = "BENCH_IDENTITY";
-
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
-    let path = dir.join(name);
-    anyhow::ensure!(path.exists(), "{} is missing: cargo build --release --workspace --bins", path.display());
-    Ok(path)
-}
-
-async fn messages(js: &Context, stream: &str) -> anyhow::Result<u64> {
-    Ok(js.get_stream(stream).await?.info().await?.state.messages)
-}
 
 async fn purge(js: &Context) -> anyhow::Result<()> {
     for s in ["PERF_RAW", "PERF_EVENTS", "PERF_DLQ", IDENTITY_STREAM] {
@@ -146,12 +135,6 @@ async fn drain<H: Handler>(url: &str, handler: Arc<H>, n: u64) -> anyhow::Result
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn collector_process(url: &str) -> anyhow::Result<std::process::Child> {
     let root = modelperf_testkit::project_root();
     Command::new(bin("modelperf-collector")?)
@@ -163,23 +146,6 @@ fn collector_process(url: &str) -> anyhow::Result<std::process::Child> {
         .stderr(Stdio::null())
         .spawn()
         .context("start modelperf-collector")
-}
-
-/// Samples the resident memory of `pid` every 200 ms until `stop`; returns the peak (KiB).
-fn watch_rss(pid: u32, stop: CancellationToken) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut peak = 0;
-        while !stop.is_cancelled() {
-            peak = peak.max(rss_kib(pid).unwrap_or(0));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        peak
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 #[tokio::main]
