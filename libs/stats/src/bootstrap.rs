@@ -55,18 +55,15 @@ impl Bootstrap {
         units: &[T],
         mut statistic: impl FnMut(&[&T]) -> Option<f64>,
     ) -> Result<BootstrapInterval, StatsError> {
-        self.run(
-            |rng, scratch: &mut Vec<&T>, original| {
-                scratch.clear();
-                if original {
-                    scratch.extend(units.iter());
-                } else {
-                    scratch.extend((0..units.len()).map(|_| &units[rng.below(units.len())]));
-                }
-                statistic(scratch)
-            },
-            units.len(),
-        )
+        let mut resample: Vec<&T> = Vec::with_capacity(units.len());
+        self.run(units.len(), |rng| {
+            resample.clear();
+            match rng {
+                None => resample.extend(units),
+                Some(rng) => resample.extend((0..units.len()).map(|_| &units[rng.below(units.len())])),
+            }
+            statistic(&resample)
+        })
     }
 
     /// The percentile bootstrap interval of a statistic of two independent samples (a p95
@@ -79,30 +76,32 @@ impl Bootstrap {
         b: &[B],
         mut statistic: impl FnMut(&[&A], &[&B]) -> Option<f64>,
     ) -> Result<BootstrapInterval, StatsError> {
-        let mut scratch_b: Vec<&B> = Vec::with_capacity(b.len());
-        self.run(
-            |rng, scratch_a: &mut Vec<&A>, original| {
-                scratch_a.clear();
-                scratch_b.clear();
-                if original {
-                    scratch_a.extend(a.iter());
-                    scratch_b.extend(b.iter());
-                } else {
-                    scratch_a.extend((0..a.len()).map(|_| &a[rng.below(a.len())]));
-                    scratch_b.extend((0..b.len()).map(|_| &b[rng.below(b.len())]));
+        let mut resample_a: Vec<&A> = Vec::with_capacity(a.len());
+        let mut resample_b: Vec<&B> = Vec::with_capacity(b.len());
+        self.run(a.len().min(b.len()), |rng| {
+            resample_a.clear();
+            resample_b.clear();
+            match rng {
+                None => {
+                    resample_a.extend(a);
+                    resample_b.extend(b);
                 }
-                statistic(scratch_a, &scratch_b)
-            },
-            a.len().min(b.len()),
-        )
+                Some(rng) => {
+                    resample_a.extend((0..a.len()).map(|_| &a[rng.below(a.len())]));
+                    resample_b.extend((0..b.len()).map(|_| &b[rng.below(b.len())]));
+                }
+            }
+            statistic(&resample_a, &resample_b)
+        })
     }
 
-    /// Evaluates `draw` once on the original data, then on `resamples` resamples, and takes the
-    /// percentile interval. `smallest` is the size of the smallest sample.
-    fn run<'a, T: 'a>(
+    /// Evaluates the statistic on the data as observed (`evaluate(None)`), then on
+    /// `resamples` resamples drawn with the seeded generator (`evaluate(Some(rng))`), and takes
+    /// the percentile interval. `smallest` is the size of the smallest sample.
+    fn run(
         &self,
-        mut draw: impl FnMut(&mut SplitMix64, &mut Vec<&'a T>, bool) -> Option<f64>,
         smallest: usize,
+        mut evaluate: impl FnMut(Option<&mut SplitMix64>) -> Option<f64>,
     ) -> Result<BootstrapInterval, StatsError> {
         let half_alpha = half_alpha(self.confidence)?;
         if smallest == 0 {
@@ -112,12 +111,11 @@ impl Bootstrap {
             return Err(StatsError::InvalidArgument("a bootstrap needs at least one resample"));
         }
         let mut rng = SplitMix64::new(self.seed);
-        let mut scratch = Vec::new();
-        let estimate = draw(&mut rng, &mut scratch, true)
+        let estimate = evaluate(None)
             .filter(|v| v.is_finite())
             .ok_or(StatsError::Undefined("the statistic is undefined on the data"))?;
         let mut replicates: Vec<f64> =
-            (0..self.resamples).filter_map(|_| draw(&mut rng, &mut scratch, false)).filter(|v| v.is_finite()).collect();
+            (0..self.resamples).filter_map(|_| evaluate(Some(&mut rng))).filter(|v| v.is_finite()).collect();
         if replicates.is_empty() {
             return Err(StatsError::Undefined("the statistic is undefined on every resample"));
         }
