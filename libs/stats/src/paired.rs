@@ -33,9 +33,9 @@ pub struct McNemar {
 /// ```
 ///
 /// McNemar, Q. (1947), "Note on the sampling error of the difference between correlated
-/// proportions or percentages", Psychometrika 12, 153–157; the exact form as in Fagerland,
-/// Lydersen and Laake (2013), BMC Medical Research Methodology 13:91, who recommend it (or its
-/// mid-p variant) for small samples. Reference:
+/// proportions or percentages", Psychometrika 12, 153–157. Exact, hence valid at any sample
+/// size, but conservative: Fagerland, Lydersen and Laake (2013), "The McNemar test for binary
+/// matched-pairs data", BMC Medical Research Methodology 13:91. Reference:
 /// `statsmodels.stats.contingency_tables.mcnemar([[_, b], [c, _]], exact=True)`.
 ///
 /// With no discordant pair the p-value is 1.
@@ -128,7 +128,8 @@ const PERMUTATION_MAX: usize = 13;
 /// differences before zeros are dropped, as the reference does.
 ///
 /// Wilcoxon, F. (1945), "Individual comparisons by ranking methods", Biometrics Bulletin 1,
-/// 80–83; the tie correction from Lehmann, "Nonparametrics" (1975), §3.2. Reference:
+/// 80–83; the tie correction as in Lehmann, E. L. (1975), "Nonparametrics: Statistical
+/// Methods Based on Ranks", ch. 3. Reference:
 /// `scipy.stats.wilcoxon(d)` (scipy 1.17 defaults).
 ///
 /// Fails with [`StatsError::Undefined`] when every difference is zero (the reference returns

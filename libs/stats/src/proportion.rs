@@ -62,7 +62,7 @@ pub struct ZTest {
 /// ```
 ///
 /// Pooling is the variance under the null hypothesis pₐ = p_b (Fleiss, Levin and Paik,
-/// "Statistical Methods for Rates and Proportions", 3rd ed., 2003, §2.5). The normal
+/// "Statistical Methods for Rates and Proportions", 3rd ed., 2003). The normal
 /// approximation wants roughly five successes and five failures per group.
 /// Reference: `statsmodels.stats.proportion.proportions_ztest([xa, xb], [na, nb])`.
 ///
