@@ -9,6 +9,10 @@
 #      partition owners and by an identity owner that fetches and acks without decoding (same
 #      owner loop and client settings), 3 runs, medians; the aggregator process draining a fresh
 #      pre-load, with its peak resident memory (needs influxd: prereqs.sh or Debian's influxdb).
+#   4. the rl-pipeline: 125 000 pre-loaded tasks (4 events each) joined into batches by the
+#      pipeline and drained by an identity owner (same pull, checkpoint and ack loop), 3 runs,
+#      medians; the pipeline binary holding 1 000 000 open joins (resident memory), killed with
+#      kill -9 and restarted (time to rebuild them from the stream).
 # Each benchmark starts its own nats-server on a free port with a temporary store.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,3 +28,7 @@ echo "== aggregator: target/release/aggregator-bench ${MODELPERF_AGGREGATOR_BENC
 # Its own flags (--events N --runs N), e.g. MODELPERF_AGGREGATOR_BENCH_ARGS="--events 100000 --runs 1".
 # shellcheck disable=SC2086
 target/release/aggregator-bench ${MODELPERF_AGGREGATOR_BENCH_ARGS:-}
+echo "== rl-pipeline: target/release/rl-bench ${MODELPERF_RL_BENCH_ARGS:-}"
+# Its own flags (--tasks N --runs N --open-joins N; 0 skips a part).
+# shellcheck disable=SC2086
+MODELPERF_LOG=warn target/release/rl-bench ${MODELPERF_RL_BENCH_ARGS:-}

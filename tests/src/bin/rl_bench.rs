@@ -141,7 +141,8 @@ fn part(tag: &str, t: u64, part: Part, ts: DateTime<Utc>) -> anyhow::Result<Even
 /// Pre-loads `tasks` tasks made of `parts`, interleaved: at step `i` part `k` of task `i - k`.
 async fn preload(js: &Context, partitions: u32, tag: &str, tasks: u64, parts: &[Part]) -> anyhow::Result<Preloader> {
     let mut out = Preloader::new(js, partitions);
-    let from = Utc::now() - chrono::TimeDelta::minutes(5);
+    // Two milliseconds per task, ending a minute ago.
+    let from = Utc::now() - chrono::TimeDelta::milliseconds((tasks * 2) as i64) - chrono::TimeDelta::minutes(1);
     let lag = parts.len() as u64;
     let progress_every = (tasks / 10).max(1);
     for step in 0..tasks + lag {
@@ -361,8 +362,10 @@ async fn open_joins(url: &str, tasks: u64) -> anyhow::Result<()> {
     config.nats.url = url.to_owned();
     let client = modelperf_bus::connect(&config.nats, "bench").await?;
     let js = modelperf_bus::jetstream(client, Duration::from_secs(10), config.bus.max_ack_pending as usize);
+    let topology = Topology::contract(&config.bus, 1);
+    topology.ensure(&js).await?;
     js.delete_stream(streams::EVENTS).await.map_err(|e| anyhow::anyhow!("delete PERF_EVENTS: {e}"))?;
-    Topology::contract(&config.bus, 1).ensure(&js).await?;
+    topology.ensure(&js).await?;
     reset(&js, &config).await?;
     eprintln!("open joins: pre-loading {tasks} tasks × (decision, completion)");
     let load = preload(&js, config.bus.partitions, "o", tasks, &[Part::Decision, Part::Completion]).await?;
@@ -398,11 +401,14 @@ async fn open_joins(url: &str, tasks: u64) -> anyhow::Result<()> {
     }
     child.0.kill()?; // SIGKILL
     child.0.wait()?;
+    // The killed process's leases run out first; the rebuild is timed from then.
+    tokio::time::sleep(config.bus.lease_ttl + Duration::from_secs(1)).await;
     let started = Instant::now();
     let mut child = start_pipeline(url, &http)?;
     let (took, rss) = joined(&mut child, &http, tasks, started).await?;
     println!(
-        "after kill -9 and restart: {tasks} joins rebuilt from the stream in {:.1} s, resident memory {:.1} MiB",
+        "after kill -9, the leases' expiry ({:?}) and a restart: {tasks} joins rebuilt from the stream in {:.1} s, resident memory {:.1} MiB",
+        config.bus.lease_ttl,
         took.as_secs_f64(),
         mib(rss)
     );
