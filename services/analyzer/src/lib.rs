@@ -1,0 +1,26 @@
+//! `modelperf-analyzer`: anomalies from the metrics windows (and, growing, trends, regressions,
+//! comparisons and reports).
+//!
+//! One active replica holds the lease `analyzer` and reads `PERF_METRICS` in order; it keeps a
+//! robust baseline per series and metric, opens an anomaly when a window's evidence is strong
+//! and its effect large, resolves it with hysteresis, and announces only the changes on
+//! `perf.anomalies.<severity>`. Time is the windows' own, so a day of metrics replays in
+//! seconds and a replay after a restart reproduces the baselines.
+//!
+//! Layout:
+//! - [`config`]: `[analyzer]` — windows analysed, thresholds;
+//! - [`baseline`]: the robust, drift-corrected baseline of one metric;
+//! - [`detect`]: one series' checks and their open → resolved state machine;
+//! - [`analysis`]: every series, the frames that drive them, what a checkpoint holds;
+//! - [`sim`]: simulated streams with injected changes (the detection benchmark);
+//! - [`service`]: the lease, the owner loop, publishing, the process ([`App`]).
+
+pub mod analysis;
+pub mod baseline;
+pub mod config;
+pub mod detect;
+pub mod service;
+pub mod sim;
+
+pub use config::Config;
+pub use service::App;
