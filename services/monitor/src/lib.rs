@@ -19,6 +19,8 @@
 //! - [`service`]: the evaluator loop, checkpoints, the lease, the process ([`App`]).
 
 pub mod config;
+pub mod engine;
+pub mod router;
 pub mod rules;
 
 pub use config::Config;
