@@ -90,7 +90,7 @@ impl Sink {
         let invalid = |key: &str, reason: String| {
             InfluxError::Config(ConfigError::Invalid { key: format!("MODELPERF_INFLUX__{key}"), reason })
         };
-        let http = reqwest::Client::builder()
+        let http = modelperf_telemetry::http::client()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .build()

@@ -51,7 +51,9 @@ fn policy<'a>(all: &'a [(String, String, String, bool)], name: &str) -> &'a (Str
 /// epoch seconds.
 async fn rows(influx: &Influx, db: &str, rp: &str, measurement: &str) -> Vec<serde_json::Map<String, Value>> {
     let q = format!("SELECT * FROM \"{rp}\".\"{measurement}\"");
-    let body: Value = reqwest::Client::new()
+    let body: Value = modelperf_telemetry::http::client()
+        .build()
+        .unwrap()
         .post(format!("{}/query", influx.url()))
         .form(&[("q", q.as_str()), ("db", db), ("epoch", "s")])
         .send()
@@ -204,7 +206,9 @@ async fn points_read_back_exactly() {
     }
 
     // The server typed the fields as the contract says.
-    let keys = reqwest::Client::new()
+    let keys = modelperf_telemetry::http::client()
+        .build()
+        .unwrap()
         .post(format!("{}/query", influx.url()))
         .form(&[("q", "SHOW FIELD KEYS FROM \"1m\".\"model_perf\""), ("db", db.as_str())])
         .send()
@@ -354,7 +358,7 @@ async fn an_unreachable_server_is_retryable_and_given_up_on_quickly() {
 #[tokio::test]
 async fn this_server_has_no_v2_write_api() {
     let influx = Influx::start().await.unwrap();
-    let version = reqwest::get(format!("{}/ping", influx.url())).await.unwrap();
+    let version = modelperf_telemetry::http::get(format!("{}/ping", influx.url())).await.unwrap();
     let version = version.headers()["x-influxdb-version"].to_str().unwrap().to_owned();
     let db = influx.fresh_database().await.unwrap();
     let sink = Sink::new(InfluxConfig {

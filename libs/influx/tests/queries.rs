@@ -441,7 +441,14 @@ async fn run(influx: &Influx, db: Option<&str>, q: &str) -> Vec<Row> {
     if let Some(db) = db {
         form.push(("db", db));
     }
-    let reply = reqwest::Client::new().post(format!("{}/query", influx.url())).form(&form).send().await.unwrap();
+    let reply = modelperf_telemetry::http::client()
+        .build()
+        .unwrap()
+        .post(format!("{}/query", influx.url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     let status = reply.status();
     let body: Value = reply.json().await.unwrap();
     assert!(status.is_success(), "{status} for\n{q}\n{body}");

@@ -8,7 +8,9 @@
 //!   address is returned).
 //! - [`heartbeat`]: `perf.health.<service>.<instance>` every 5 s on core NATS.
 //! - [`process::service_main`]: a service process's start, exit codes and bounded drain.
+//! - [`http::client`]: an HTTP client builder with TLS ready.
 
+pub mod http;
 pub mod process;
 
 use std::collections::BTreeMap;
@@ -78,7 +80,9 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
 }
 
 fn otlp_provider(service: &str) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
-    // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables) itself.
+    // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables) itself,
+    // and builds its own reqwest client: TLS needs the provider first.
+    http::install_tls_provider();
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(format!("modelperf-{service}")).build();
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
@@ -273,7 +277,7 @@ mod tests {
             serve("127.0.0.1:0".parse().unwrap(), health.clone(), guard.prometheus.clone(), stop.clone())
                 .await
                 .unwrap();
-        let http = reqwest::Client::new();
+        let http = crate::http::client().build().unwrap();
         let get = |path: &str| {
             let http = http.clone();
             let url = format!("http://{addr}{path}");

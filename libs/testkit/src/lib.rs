@@ -199,7 +199,7 @@ pub struct Influx {
 impl Influx {
     /// Reuses `MODELPERF_TEST_INFLUX_URL` when set, else starts `influxd` on free ports.
     pub async fn start() -> anyhow::Result<Self> {
-        let http = reqwest::Client::new();
+        let http = modelperf_telemetry::http::client().build()?;
         if let Ok(url) = std::env::var("MODELPERF_TEST_INFLUX_URL") {
             let me = Self { url, child: None, _dir: None, command: None, http };
             me.wait_ready().await?;

@@ -109,7 +109,7 @@ async fn known_events_give_exact_windows_roll_ups_and_metrics() {
     }
 
     // Ready, and the heartbeat names the leases.
-    let ready = reqwest::get(format!("http://{}/readyz", app.http)).await.unwrap();
+    let ready = modelperf_telemetry::http::get(format!("http://{}/readyz", app.http)).await.unwrap();
     assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
     app.stop().await;
 }

@@ -169,7 +169,7 @@ async fn influxdb_down_for_a_minute_loses_nothing_and_memory_stays_flat() {
     while stopped.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         peak = peak.max(proc.rss_kib());
-        if let Ok(r) = reqwest::get(&readyz).await
+        if let Ok(r) = modelperf_telemetry::http::get(&readyz).await
             && r.status() == 503
         {
             said_why = Some(r.text().await.unwrap());
@@ -180,7 +180,7 @@ async fn influxdb_down_for_a_minute_loses_nothing_and_memory_stays_flat() {
     influx.restart().await.unwrap();
     let events = producer.await.unwrap();
     converge(&influx, &db, &events, true).await;
-    let ready = reqwest::get(&readyz).await.unwrap();
+    let ready = modelperf_telemetry::http::get(&readyz).await.unwrap();
     assert_eq!(ready.status(), 200, "ready again once InfluxDB is back: {}", ready.text().await.unwrap());
     eprintln!("resident memory: {before} KiB before the outage, peak {peak} KiB during it");
     // The finaliser stops pulling partials while it cannot write: memory does not follow the

@@ -149,13 +149,14 @@ async fn clean_events_are_priced_pseudonymised_and_partitioned() {
     assert_eq!(by_id["ev-2"].1.cost.as_ref().unwrap().status, Some(CostStatus::Unpriced));
     assert_eq!(by_id["ev-3"].1.cost.as_ref().unwrap().status, Some(CostStatus::UnknownTokens));
 
-    let metrics = reqwest::get(format!("http://{}/metrics", app.http)).await.unwrap().text().await.unwrap();
+    let metrics =
+        modelperf_telemetry::http::get(format!("http://{}/metrics", app.http)).await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains("modelperf_collector_events_total{kind=\"task_completed\",outcome=\"clean\"} 3"),
         "{metrics}"
     );
     assert!(metrics.contains("modelperf_collector_cost_total{status=\"unpriced\"} 1"), "{metrics}");
-    let ready = reqwest::get(format!("http://{}/readyz", app.http)).await.unwrap();
+    let ready = modelperf_telemetry::http::get(format!("http://{}/readyz", app.http)).await.unwrap();
     assert_eq!(ready.status(), 200);
     let stats = app.stop().await;
     assert_eq!(stats.acked, 3);
@@ -276,7 +277,8 @@ async fn producer_retries_and_repeated_ids_give_one_event() {
         format!("{:?}", first.attrs["raw_msg_id"]),
         format!("{:?}", modelperf_schema::AttrValue::from("producer-msg-1"))
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", app.http)).await.unwrap().text().await.unwrap();
+    let metrics =
+        modelperf_telemetry::http::get(format!("http://{}/metrics", app.http)).await.unwrap().text().await.unwrap();
     let dup_line = metrics.lines().find(|l| l.starts_with("modelperf_runner_duplicates_total")).unwrap_or_default();
     assert!(dup_line.ends_with(" 1"), "one duplicate counted: {dup_line:?}");
     app.stop().await;

@@ -252,7 +252,8 @@ async fn killed_under_load_every_task_is_still_in_exactly_one_sample() {
 
 /// Samples a process has published, from its `/metrics`.
 async fn samples_published(port: u16) -> Option<u64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    let text =
+        modelperf_telemetry::http::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
     let total = text
         .lines()
         .filter(|l| l.starts_with("modelperf_rl_samples_total"))

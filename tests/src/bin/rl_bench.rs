@@ -318,7 +318,7 @@ async fn throughput(url: &str, server: Option<u32>, a: &Args, prometheus: &Prome
 // The open joins.
 
 async fn open_joins_of(http: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
+    let text = modelperf_telemetry::http::get(format!("http://{http}/metrics")).await.ok()?.text().await.ok()?;
     Some(metric_sum(&text, "modelperf_rl_open_joins"))
 }
 
