@@ -5,10 +5,13 @@
 //!   servers without JetStream, including a reused one (`MODELPERF_TEST_NATS_URL`).
 //! - [`Influx`] starts Debian's `influxd` (1.x) on free ports with temporary data, or reuses
 //!   `MODELPERF_TEST_INFLUX_URL`, and hands out a fresh database per test.
+//! - [`Alertmanager`] starts Prometheus Alertmanager on a free loopback port with a temporary
+//!   data directory and the test's configuration.
 //! - [`eventually`] polls a condition until a deadline.
 //! - [`read_stream`] reads everything a stream holds (optionally under a subject filter).
 //!
-//! Binaries are found through `MODELPERF_NATS_SERVER` / `MODELPERF_INFLUXD`, then the project's
+//! Binaries are found through `MODELPERF_NATS_SERVER` / `MODELPERF_INFLUXD` /
+//! `MODELPERF_ALERTMANAGER`, then the project's
 //! `.tools/bin/` (filled by `deploy/local/prereqs.sh`), then `PATH`.
 
 use std::future::Future;
@@ -352,6 +355,78 @@ pub async fn read_stream(
         }
     }
     Ok(out)
+}
+
+/// A Prometheus Alertmanager of our own (Debian's `prometheus-alertmanager`, or
+/// `MODELPERF_ALERTMANAGER`), on a free loopback port with a temporary data directory, clustering
+/// off; killed on drop. The test supplies the configuration (YAML).
+#[derive(Debug)]
+pub struct Alertmanager {
+    url: String,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Alertmanager {
+    /// Starts Alertmanager with `config` (the contents of its `alertmanager.yml`) and waits
+    /// until it is ready.
+    pub async fn start(config: &str) -> anyhow::Result<Self> {
+        let binary = find_binary("MODELPERF_ALERTMANAGER", "prometheus-alertmanager")
+            .or_else(|_| find_binary("MODELPERF_ALERTMANAGER", "alertmanager"))?;
+        let dir = tempfile::tempdir()?;
+        let config_path = dir.path().join("alertmanager.yml");
+        std::fs::write(&config_path, config)?;
+        let port = free_port();
+        let child = Command::new(&binary)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let me = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            _dir: dir,
+            http: modelperf_telemetry::http::client().build()?,
+        };
+        let ready = format!("{}/-/ready", me.url);
+        eventually(Duration::from_secs(20), || async {
+            let r = me.http.get(&ready).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+        .with_context(|| format!("Alertmanager did not answer on {ready}"))?;
+        Ok(me)
+    }
+
+    /// The base URL (`http://127.0.0.1:<port>`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `GET /api/v2/alerts`: the alerts Alertmanager holds active (resolved ones are not listed).
+    pub async fn alerts(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let resp = self.http.get(format!("{}/api/v2/alerts", self.url)).send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("GET /api/v2/alerts answered {status}");
+        }
+        Ok(resp.json().await?)
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,9 +19,13 @@
 //! - [`service`]: the evaluator loop, checkpoints, the lease, the process ([`App`]).
 
 pub mod config;
+pub mod delivery;
 pub mod engine;
+pub mod receivers;
 pub mod router;
 pub mod rules;
+pub mod service;
 
 pub use config::Config;
 pub use rules::Rules;
+pub use service::App;
