@@ -236,6 +236,8 @@ impl Recorded {
 pub struct Recorder {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Milliseconds each request waits, after it is recorded, before it is answered.
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     server: Option<JoinHandle<()>>,
 }
 
@@ -243,21 +245,26 @@ impl Recorder {
     pub async fn start() -> Recorder {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut r = Recorder { addr, requests: Arc::default(), server: None };
+        let mut r = Recorder { addr, requests: Arc::default(), delay_ms: Arc::default(), server: None };
         r.serve(listener);
         r
     }
 
     fn serve(&mut self, listener: tokio::net::TcpListener) {
         let requests = self.requests.clone();
+        let delay = self.delay_ms.clone();
         let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap, body: Bytes| {
-            let requests = requests.clone();
+            let (requests, delay) = (requests.clone(), delay.clone());
             async move {
                 let headers = headers
                     .iter()
                     .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
                     .collect();
                 requests.lock().unwrap().push(Recorded { path: uri.path().to_owned(), headers, body: body.to_vec() });
+                let wait = delay.load(std::sync::atomic::Ordering::SeqCst);
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
                 StatusCode::OK
             }
         });
