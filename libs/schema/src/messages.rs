@@ -305,6 +305,30 @@ pub struct Insight {
     pub end: DateTime<Utc>,
     /// Human summary.
     pub description: String,
+    /// The p-value before multiple-testing correction. Added in v1 without a version bump
+    /// (older senders omit it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// The correction `p_adjusted` went through: `holm`, `bh` or `none`. Added in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correction: Option<String>,
+    /// What the finding means for the model: a rising latency or cost is a decline, a rising
+    /// success rate or quality an improvement. Absent when the test found nothing. Added in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    /// The window length of the series analysed (trends and regressions), e.g. `1m`. Added in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// What an insight means for the model concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Better: faster, cheaper, more successful, higher quality.
+    Improvement,
+    /// Worse: slower, dearer, less successful, lower quality.
+    Decline,
 }
 
 /// Alert states.
@@ -468,4 +492,8 @@ pub struct Heartbeat {
     pub ready: bool,
     /// Lease keys this instance holds.
     pub owned: Vec<String>,
+    /// The readiness checks failing now (e.g. `influx_write`), by name; empty when ready.
+    /// Added in v1 without a version bump (older senders omit it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ready: Vec<String>,
 }

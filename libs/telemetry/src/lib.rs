@@ -219,6 +219,12 @@ pub fn heartbeat(
                 started_at,
                 ready: health.is_ready(),
                 owned: source.owned(),
+                // `missing` is `name: reason`; the names alone are the contract.
+                not_ready: health
+                    .missing()
+                    .iter()
+                    .map(|m| m.split_once(": ").map_or(m.as_str(), |(name, _)| name).to_owned())
+                    .collect(),
             };
             match rmp_serde::to_vec_named(&beat) {
                 Ok(body) => {

@@ -78,6 +78,8 @@ pub struct MonitorConfig {
     pub flap: FlapConfig,
     /// Delivery retries.
     pub delivery: DeliveryConfig,
+    /// The built-in pipeline health rules.
+    pub health: HealthConfig,
     /// Direct receivers by name (`[monitor.receivers.<name>]`); the name is the subject token of
     /// `perf.outbox.<name>`.
     pub receivers: BTreeMap<String, ReceiverConfig>,
@@ -97,6 +99,7 @@ impl Default for MonitorConfig {
             initial_lookback: Duration::from_secs(900),
             flap: FlapConfig::default(),
             delivery: DeliveryConfig::default(),
+            health: HealthConfig::default(),
             receivers: BTreeMap::new(),
             routes: Vec::new(),
         }
@@ -150,6 +153,57 @@ impl Default for DeliveryConfig {
             timeout: Duration::from_secs(10),
             give_up_after: Duration::from_secs(86_400),
             max_held: 1_000,
+        }
+    }
+}
+
+/// `[monitor.health]`: the built-in pipeline health rules (see [`crate::health`]); each bound
+/// is `MODELPERF_MONITOR__HEALTH__<KEY>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Evaluate the health rules at all (default true).
+    pub enabled: bool,
+    /// How long a health condition must hold before its alert fires (default 2 min, longer
+    /// than a lease TTL so a hand-over does not page).
+    #[serde(rename = "for", with = "humantime_serde")]
+    pub for_: Duration,
+    /// How long it must be clear before the alert resolves (default 1 min).
+    #[serde(with = "humantime_serde")]
+    pub keep_firing_for: Duration,
+    /// A durable consumer with more undelivered messages than this lags (default 10 000).
+    pub lag_pending: u64,
+    /// A durable consumer whose oldest unacknowledged message is older than this is stalled
+    /// (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub lag_age: Duration,
+    /// More dead letters than this of one stage and code within `dlq_window` is growth
+    /// (default 10).
+    pub dlq_growth: u64,
+    /// The window DLQ growth is counted over (default 5 min).
+    #[serde(with = "humantime_serde")]
+    pub dlq_window: Duration,
+    /// Ready instances each service needs, e.g. `{ collector = 2, aggregator = 1 }` (default
+    /// none). Only these minimums page, so scaling down to them does not.
+    pub min_ready: BTreeMap<String, u32>,
+    /// An instance whose last heartbeat is older than this is gone (default 15 s: three missed
+    /// heartbeats).
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            for_: Duration::from_secs(120),
+            keep_firing_for: Duration::from_secs(60),
+            lag_pending: 10_000,
+            lag_age: Duration::from_secs(300),
+            dlq_growth: 10,
+            dlq_window: Duration::from_secs(300),
+            min_ready: BTreeMap::new(),
+            heartbeat_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -287,6 +341,15 @@ impl MonitorConfig {
         }
         if self.delivery.base_backoff.is_zero() || self.delivery.max_backoff < self.delivery.base_backoff {
             return bad("monitor.delivery.max_backoff", "base_backoff must be positive and at most max_backoff".into());
+        }
+        if self.health.dlq_window.is_zero() {
+            return bad("MODELPERF_MONITOR__HEALTH__DLQ_WINDOW", "must be longer than zero".into());
+        }
+        if self.health.heartbeat_timeout < modelperf_telemetry::HEARTBEAT_INTERVAL {
+            return bad(
+                "MODELPERF_MONITOR__HEALTH__HEARTBEAT_TIMEOUT",
+                "must be at least the heartbeat interval (5s)".into(),
+            );
         }
         if self.delivery.max_held == 0 {
             return bad("monitor.delivery.max_held", "must be at least 1".into());

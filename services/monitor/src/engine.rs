@@ -31,6 +31,9 @@ use sha2::{Digest, Sha256};
 
 use crate::rules::{Condition, Observation, Rule, Rules, render};
 
+/// The clock (and window name) of health alerts: observed on the wall clock at each evaluation.
+pub const HEALTH_CLOCK: &str = "health";
+
 /// Settings of the lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineConfig {
@@ -226,6 +229,20 @@ impl Engine {
                 self.end(&k, at, at, &mut out);
             }
             self.apply(rule, obs, None, at, &a.window, Some(&a.fingerprint), &mut out);
+        }
+        out
+    }
+
+    /// Applies what the health checks saw at `now` (wall clock: health has no windows); each
+    /// observation names its built-in rule.
+    pub fn observe_health(&mut self, observations: Vec<(String, Observation)>, now: DateTime<Utc>) -> Vec<Transition> {
+        let clock = self.state.clocks.entry(HEALTH_CLOCK.to_owned()).or_insert(now);
+        *clock = (*clock).max(now);
+        let mut out = Vec::new();
+        let rules = self.rules.clone();
+        for (name, obs) in observations {
+            let Some(rule) = rules.get(&name) else { continue };
+            self.apply(rule, obs, Some(now), now, HEALTH_CLOCK, None, &mut out);
         }
         out
     }

@@ -13,6 +13,7 @@
 //! - [`config`]: `[monitor]` — rules file, intervals, Alertmanager, receivers, routes, delivery;
 //! - [`rules`]: the rules file, its validation, and what one rule sees in a window or anomaly;
 //! - [`engine`]: the lifecycle (pending → firing → resolved, flap damping), pure;
+//! - [`health`]: the built-in pipeline health rules and their checks;
 //! - [`router`]: routes, grouping, repeats and Alertmanager resends → deliveries, pure;
 //! - [`receivers`]: the receivers' payloads, signatures, and one HTTP request;
 //! - [`delivery`]: the outbox worker;
@@ -21,6 +22,7 @@
 pub mod config;
 pub mod delivery;
 pub mod engine;
+pub mod health;
 pub mod receivers;
 pub mod router;
 pub mod rules;

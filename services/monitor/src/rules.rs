@@ -206,6 +206,8 @@ pub enum Condition {
         /// The least severity that counts.
         min_severity: Severity,
     },
+    /// A built-in pipeline health rule, observed by [`crate::health`] (never in the file).
+    Health,
 }
 
 /// One validated rule.
@@ -357,6 +359,21 @@ impl Rules {
             rules.push(rule);
         }
         Ok(Rules { rules })
+    }
+
+    /// Adds built-in rules; a rule of the file with the same name is an error naming it.
+    pub fn with_builtins(mut self, builtins: Vec<Rule>) -> Result<Rules, RuleError> {
+        for b in builtins {
+            if self.get(&b.name).is_some() {
+                return Err(RuleError {
+                    rule: format!("rule {:?}", b.name),
+                    field: "name".into(),
+                    reason: "the name of a built-in health rule; choose another".into(),
+                });
+            }
+            self.rules.push(b);
+        }
+        Ok(self)
     }
 
     /// The rule called `name`.
@@ -609,7 +626,7 @@ impl Rule {
     pub fn window(&self) -> Option<&WindowSpec> {
         match &self.condition {
             Condition::Metric { window, .. } => Some(window),
-            Condition::Anomaly { .. } => None,
+            Condition::Anomaly { .. } | Condition::Health => None,
         }
     }
 

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ALERTMANAGER, Config};
 use crate::delivery::{STAGE, Worker};
 use crate::engine::{Engine, EngineConfig, EngineState, Transition};
+use crate::health::{Checks, Heartbeats};
 use crate::receivers::Target;
 use crate::router::{Router, RouterState};
 use crate::rules::Rules;
@@ -98,6 +99,11 @@ impl App {
         let process =
             Process::start(STAGE, Service::Monitor, &config.nats, &config.bus, config.http.listen, prometheus, &[])
                 .await?;
+        let rules = if config.monitor.health.enabled {
+            rules.with_builtins(crate::health::rules(&config.monitor.health))?
+        } else {
+            rules
+        };
         tracing::info!(rules = rules.rules.len(), "rules loaded");
         Ok(App { config, rules: Arc::new(rules), process })
     }
@@ -120,7 +126,9 @@ impl App {
         let p = &self.process;
         let leases = Leases::open(&p.js, self.config.bus.lease_ttl, &p.instance).await?;
         let beat = p.heartbeat(STAGE, Some(leases.clone()), &stop);
+        let heartbeats = Heartbeats::watch(&p.client, stop.clone()).await?;
         let ctx = Arc::new(Ctx {
+            heartbeats,
             client: p.client.clone(),
             topology: p.topology.clone(),
             config: self.config.clone(),
@@ -144,6 +152,7 @@ struct Ctx {
     config: Config,
     rules: Arc<Rules>,
     leases: Leases,
+    heartbeats: Heartbeats,
 }
 
 impl Ctx {
@@ -350,6 +359,9 @@ async fn evaluate(ctx: &Ctx, halt: CancellationToken, lost: CancellationToken) -
     let providers = m.receivers.iter().map(|(k, v)| (k.clone(), v.provider())).collect();
     let router = Router::new(m.routes()?, providers, m.alertmanager_url.is_some(), m.resend_interval);
     let mut router_state = std::mem::take(&mut saved.router);
+    let mut checks = m.health.enabled.then(|| {
+        Checks::new(js.clone(), m.health.clone(), &ctx.config.bus, ctx.config.nats.replicas, ctx.heartbeats.clone())
+    });
     if fresh {
         // The first checkpoint fixes where reading began.
         save(&mut store, &engine, &router_state, &metrics, &signals, Vec::new()).await?;
@@ -394,6 +406,10 @@ async fn evaluate(ctx: &Ctx, halt: CancellationToken, lost: CancellationToken) -
         if Instant::now() >= next_tick {
             next_tick = Instant::now() + m.eval_interval;
             let now = Utc::now();
+            if let Some(checks) = &mut checks {
+                let seen = checks.observe(now).await;
+                transitions.extend(engine.observe_health(seen, now));
+            }
             transitions.extend(engine.tick(now));
             let mut deliveries = router.route(&mut router_state, &transitions, now);
             deliveries.extend(router.tick(&mut router_state, &engine.firing(), now));

@@ -1,0 +1,465 @@
+//! The pipeline's own health, built in: rules that need no rules file, observed by the active
+//! replica at every evaluation from what NATS itself knows.
+//!
+//! | rule | labels | breached when |
+//! |---|---|---|
+//! | `PipelineConsumerLag` | `stream`, `consumer` | a durable consumer of the contract has more than `lag_pending` undelivered messages |
+//! | `PipelineConsumerStalled` | `stream`, `consumer` | its oldest unacknowledged message is older than `lag_age` |
+//! | `PipelineConsumerAtMaxAckPending` | `stream`, `consumer` | its acknowledgements pending reach its `max_ack_pending` |
+//! | `PipelineInstancesLow` | `service` | fewer ready instances (heartbeats `perf.health.<service>.<instance>`) than `min_ready` |
+//! | `PipelineDeadLettersGrowing` | `stage`, `code` | more than `dlq_growth` dead letters of one stage and code within `dlq_window` |
+//! | `PipelineInfluxWritesFailing` | `service`, `instance` | a live instance reports its `influx_write` check failing |
+//! | `PipelinePartitionUnowned` | `service`, `lease` | a lease of a running (or required) service has no holder |
+//!
+//! Each fires after `for` (default 2 min) and resolves after `keep_firing_for` clear, through
+//! the same lifecycle, routes and receivers as every other alert.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{Context, kv};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use modelperf_bus::{BusConfig, Topology, buckets, streams};
+use modelperf_schema::messages::{Heartbeat, Severity};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthConfig;
+use crate::rules::{Condition, LabelMatchers, Observation, Rule, format_number};
+
+/// Undelivered messages of a consumer above the bound.
+pub const CONSUMER_LAG: &str = "PipelineConsumerLag";
+/// The oldest unacknowledged message of a consumer too old.
+pub const CONSUMER_STALLED: &str = "PipelineConsumerStalled";
+/// A consumer at its `max_ack_pending`.
+pub const AT_MAX_ACK_PENDING: &str = "PipelineConsumerAtMaxAckPending";
+/// Fewer ready instances than the minimum.
+pub const INSTANCES_LOW: &str = "PipelineInstancesLow";
+/// Dead letters growing.
+pub const DLQ_GROWTH: &str = "PipelineDeadLettersGrowing";
+/// InfluxDB writes failing.
+pub const INFLUX_WRITES: &str = "PipelineInfluxWritesFailing";
+/// A lease without a holder.
+pub const UNOWNED: &str = "PipelinePartitionUnowned";
+
+/// The readiness check an aggregator reports failing while its InfluxDB writes fail.
+pub const INFLUX_WRITE_CHECK: &str = "influx_write";
+
+const RUNBOOK: &str = "https://github.com/modelperf/modelperf/blob/main/docs/monitor.md#pipeline-health";
+
+/// The built-in rules, with the configured `for` and hold.
+pub fn rules(cfg: &HealthConfig) -> Vec<Rule> {
+    let rule = |name: &str, severity: Severity, summary: &str| Rule {
+        name: name.to_owned(),
+        condition: Condition::Health,
+        for_: cfg.for_,
+        keep_firing_for: Some(cfg.keep_firing_for),
+        severity: Some(severity),
+        by: None,
+        matchers: LabelMatchers::default(),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::from([
+            ("summary".to_owned(), summary.to_owned()),
+            ("runbook_url".to_owned(), format!("{RUNBOOK}-{}", name.to_ascii_lowercase())),
+        ]),
+    };
+    vec![
+        rule(
+            CONSUMER_LAG,
+            Severity::Warning,
+            "consumer {{consumer}} on {{stream}} has {{value}} undelivered messages (above {{threshold}})",
+        ),
+        rule(
+            CONSUMER_STALLED,
+            Severity::Warning,
+            "the oldest unacknowledged message of {{consumer}} on {{stream}} is {{value}} s old (above {{threshold}} s)",
+        ),
+        rule(
+            AT_MAX_ACK_PENDING,
+            Severity::Critical,
+            "consumer {{consumer}} on {{stream}} has {{value}} acknowledgements pending, its max_ack_pending",
+        ),
+        rule(
+            INSTANCES_LOW,
+            Severity::Critical,
+            "{{service}} has {{value}} ready instances (at least {{threshold}} required)",
+        ),
+        rule(
+            DLQ_GROWTH,
+            Severity::Warning,
+            "{{value}} dead letters from {{stage}} with code {{code}} in {{window}} (above {{threshold}})",
+        ),
+        rule(INFLUX_WRITES, Severity::Critical, "InfluxDB writes of {{service}} instance {{instance}} are failing"),
+        rule(UNOWNED, Severity::Critical, "lease {{lease}} of {{service}} has no holder"),
+    ]
+}
+
+/// The lease keys a running service must hold between its replicas (the contract's table).
+/// The analyzer's `analyzer.reports` joins this list once the analyzer runs reports.
+pub fn expected_leases(service: &str, partitions: u32) -> Vec<String> {
+    match service {
+        "aggregator" => {
+            (0..partitions).map(|p| format!("aggregator.p{p}")).chain(["aggregator.final".to_owned()]).collect()
+        }
+        "rl-pipeline" => (0..partitions).map(|p| format!("rl.p{p}")).collect(),
+        "analyzer" => vec!["analyzer".to_owned()],
+        "monitor" => vec!["monitor".to_owned()],
+        _ => Vec::new(),
+    }
+}
+
+/// The latest heartbeat of one instance.
+#[derive(Debug, Clone)]
+struct Beat {
+    at: Instant,
+    ready: bool,
+    not_ready: Vec<String>,
+}
+
+/// Every instance's latest heartbeat, kept by a subscription that lives as long as the
+/// process, so a replica that becomes active already knows who is alive.
+#[derive(Debug, Clone)]
+pub struct Heartbeats {
+    beats: Arc<Mutex<BTreeMap<(String, String), Beat>>>,
+    since: Instant,
+}
+
+impl Heartbeats {
+    /// Subscribes to `perf.health.>` until `stop`.
+    pub async fn watch(client: &async_nats::Client, stop: CancellationToken) -> anyhow::Result<Self> {
+        let mut sub = client.subscribe("perf.health.>").await?;
+        let me = Self { beats: Arc::default(), since: Instant::now() };
+        let beats = me.beats.clone();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = sub.next() => match m { Some(m) => m, None => break },
+                };
+                let Ok(hb) = rmp_serde::from_slice::<Heartbeat>(&msg.payload) else { continue };
+                let beat = Beat { at: Instant::now(), ready: hb.ready, not_ready: hb.not_ready };
+                if let Ok(mut b) = beats.lock() {
+                    b.insert((hb.service, hb.instance), beat);
+                }
+            }
+        });
+        Ok(me)
+    }
+
+    /// Live instances (heard from within `timeout`) by service; forgets long-gone ones.
+    fn live(&self, timeout: Duration) -> Vec<(String, String, Beat)> {
+        let Ok(mut beats) = self.beats.lock() else { return Vec::new() };
+        beats.retain(|_, b| b.at.elapsed() < 20 * timeout);
+        beats
+            .iter()
+            .filter(|(_, b)| b.at.elapsed() < timeout)
+            .map(|((s, i), b)| (s.clone(), i.clone(), b.clone()))
+            .collect()
+    }
+}
+
+/// One dead letter seen: when, stage, code.
+type DeadLetter = (DateTime<Utc>, String, String);
+
+/// The health checks of the active replica.
+#[derive(Debug)]
+pub struct Checks {
+    js: Context,
+    cfg: HealthConfig,
+    topology: Topology,
+    partitions: u32,
+    heartbeats: Heartbeats,
+    leases: Option<kv::Store>,
+    dlq: Option<PullConsumer>,
+    dlq_next: Option<u64>,
+    dead_letters: VecDeque<DeadLetter>,
+    /// Pairs that were observed, so they are observed clear once their letters age out.
+    dlq_known: BTreeSet<(String, String)>,
+    influx_known: BTreeSet<(String, String)>,
+}
+
+/// An observation of built-in `rule`, with the labels every alert has (`alertname`, `severity`).
+fn obs(
+    rule: &str,
+    labels: &[(&str, &str)],
+    breach: bool,
+    severity: Severity,
+    values: &[(&str, String)],
+) -> (String, Observation) {
+    let mut all: BTreeMap<String, String> = labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    all.insert("alertname".into(), rule.to_owned());
+    all.insert("severity".into(), crate::rules::severity_label(severity).to_owned());
+    let values = values.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+    (rule.to_owned(), Observation { labels: all, breach, values, severity })
+}
+
+impl Checks {
+    /// Checks over the whole contract's topology for `bus`.
+    pub fn new(js: Context, cfg: HealthConfig, bus: &BusConfig, replicas: usize, heartbeats: Heartbeats) -> Self {
+        Self {
+            js,
+            cfg,
+            topology: Topology::contract(bus, replicas),
+            partitions: bus.partitions,
+            heartbeats,
+            leases: None,
+            dlq: None,
+            dlq_next: None,
+            dead_letters: VecDeque::new(),
+            dlq_known: BTreeSet::new(),
+            influx_known: BTreeSet::new(),
+        }
+    }
+
+    /// Every health observation now, by rule name. A check that cannot be made this time
+    /// (NATS briefly unavailable) observes nothing: its alerts hold their state.
+    pub async fn observe(&mut self, now: DateTime<Utc>) -> Vec<(String, Observation)> {
+        let mut out = Vec::new();
+        if let Err(e) = self.consumers(now, &mut out).await {
+            tracing::warn!(error = %e, "consumer health not checked");
+        }
+        let live = self.heartbeats.live(self.cfg.heartbeat_timeout);
+        // Until a full heartbeat period has passed, absent instances may just not have spoken.
+        let warm = self.heartbeats.since.elapsed() >= self.cfg.heartbeat_timeout;
+        if warm {
+            self.instances(&live, &mut out);
+            if let Err(e) = self.leases(&live, &mut out).await {
+                tracing::warn!(error = %e, "lease health not checked");
+            }
+        }
+        self.influx(&live, &mut out);
+        if let Err(e) = self.dead_letters(now, &mut out).await {
+            tracing::warn!(error = %e, "dead letters not counted");
+            self.dlq = None;
+        }
+        out
+    }
+
+    async fn consumers(&self, now: DateTime<Utc>, out: &mut Vec<(String, Observation)>) -> anyhow::Result<()> {
+        let mut streams: BTreeMap<&str, async_nats::jetstream::stream::Stream> = BTreeMap::new();
+        for spec in &self.topology.consumers {
+            if !streams.contains_key(spec.stream) {
+                match self.js.get_stream(spec.stream).await {
+                    Ok(s) => {
+                        streams.insert(spec.stream, s);
+                    }
+                    Err(_) => continue, // not created: its services never ran
+                }
+            }
+            let Some(stream) = streams.get(spec.stream) else { continue };
+            // A consumer its service never created is not lagging: that service is not deployed.
+            let Ok(info) = stream.consumer_info(&spec.durable).await else { continue };
+            let labels = [("stream", spec.stream), ("consumer", spec.durable.as_str())];
+            let sev = Severity::Warning;
+            out.push(obs(
+                CONSUMER_LAG,
+                &labels,
+                info.num_pending > self.cfg.lag_pending,
+                sev,
+                &[("value", info.num_pending.to_string()), ("threshold", self.cfg.lag_pending.to_string())],
+            ));
+            let max = info.config.max_ack_pending;
+            out.push(obs(
+                AT_MAX_ACK_PENDING,
+                &labels,
+                max > 0 && info.num_ack_pending as i64 >= max,
+                Severity::Critical,
+                &[("value", info.num_ack_pending.to_string()), ("threshold", max.to_string())],
+            ));
+            let unacked = info.num_pending + info.num_ack_pending as u64;
+            let age = if unacked == 0 {
+                Some(Duration::ZERO)
+            } else {
+                let filter = match info.config.filter_subject.as_str() {
+                    "" => info.config.filter_subjects.first().cloned().unwrap_or_else(|| ">".to_owned()),
+                    f => f.to_owned(),
+                };
+                match stream.direct_get_next_for_subject(filter, Some(info.ack_floor.stream_sequence + 1)).await {
+                    Ok(m) => {
+                        let at = DateTime::<Utc>::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+                            .unwrap_or(now);
+                        Some((now - at).to_std().unwrap_or_default())
+                    }
+                    Err(_) => None, // removed by the stream's limits meanwhile
+                }
+            };
+            if let Some(age) = age {
+                out.push(obs(
+                    CONSUMER_STALLED,
+                    &labels,
+                    age > self.cfg.lag_age,
+                    sev,
+                    &[
+                        ("value", format_number(age.as_secs_f64().round())),
+                        ("threshold", format_number(self.cfg.lag_age.as_secs_f64())),
+                    ],
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn instances(&self, live: &[(String, String, Beat)], out: &mut Vec<(String, Observation)>) {
+        for (service, min) in &self.cfg.min_ready {
+            let ready = live.iter().filter(|(s, _, b)| s == service && b.ready).count() as u32;
+            out.push(obs(
+                INSTANCES_LOW,
+                &[("service", service)],
+                ready < *min,
+                Severity::Critical,
+                &[("value", ready.to_string()), ("threshold", min.to_string())],
+            ));
+        }
+    }
+
+    async fn leases(
+        &mut self,
+        live: &[(String, String, Beat)],
+        out: &mut Vec<(String, Observation)>,
+    ) -> anyhow::Result<()> {
+        let services: BTreeSet<&str> =
+            live.iter().map(|(s, _, _)| s.as_str()).chain(self.cfg.min_ready.keys().map(String::as_str)).collect();
+        if self.leases.is_none() {
+            self.leases = Some(self.js.get_key_value(buckets::LEASES).await?);
+        }
+        let Some(kv) = &self.leases else { return Ok(()) };
+        for service in services {
+            for key in expected_leases(service, self.partitions) {
+                let held = matches!(kv.entry(&key).await?, Some(e) if e.operation == kv::Operation::Put);
+                out.push(obs(UNOWNED, &[("service", service), ("lease", &key)], !held, Severity::Critical, &[]));
+            }
+        }
+        Ok(())
+    }
+
+    fn influx(&mut self, live: &[(String, String, Beat)], out: &mut Vec<(String, Observation)>) {
+        let mut seen = BTreeSet::new();
+        for (service, instance, beat) in live {
+            let failing = beat.not_ready.iter().any(|c| c == INFLUX_WRITE_CHECK);
+            let key = (service.clone(), instance.clone());
+            if failing || self.influx_known.contains(&key) {
+                out.push(obs(
+                    INFLUX_WRITES,
+                    &[("service", service), ("instance", instance)],
+                    failing,
+                    Severity::Critical,
+                    &[],
+                ));
+            }
+            if failing {
+                self.influx_known.insert(key.clone());
+            }
+            seen.insert(key);
+        }
+        // An instance gone since: its writes no longer fail (a missing instance pages as
+        // PipelineInstancesLow when it matters).
+        for key in self.influx_known.iter().filter(|k| !seen.contains(*k)) {
+            out.push(obs(INFLUX_WRITES, &[("service", &key.0), ("instance", &key.1)], false, Severity::Critical, &[]));
+        }
+        // Gone instances stay known (observed clear) so their alerts resolve; instance names
+        // change with every restart, so the set is bounded.
+        if self.influx_known.len() > 1_000 {
+            self.influx_known.retain(|k| seen.contains(k));
+        }
+    }
+
+    /// Reads the headers of new dead letters and counts them per stage and code over the window.
+    async fn dead_letters(&mut self, now: DateTime<Utc>, out: &mut Vec<(String, Observation)>) -> anyhow::Result<()> {
+        if self.dlq.is_none() {
+            let stream = self.js.get_stream(streams::DLQ).await?;
+            let deliver_policy = match self.dlq_next {
+                Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq },
+                None => {
+                    let since = time::OffsetDateTime::now_utc() - self.cfg.dlq_window;
+                    DeliverPolicy::ByStartTime { start_time: since }
+                }
+            };
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    ack_policy: AckPolicy::None,
+                    headers_only: true,
+                    deliver_policy,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..Default::default()
+                })
+                .await?;
+            self.dlq = Some(consumer);
+        }
+        let Some(consumer) = &self.dlq else { return Ok(()) };
+        loop {
+            let mut batch = consumer.fetch().max_messages(1_000).messages().await?;
+            let mut n = 0;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| anyhow::anyhow!("read dead letters: {e}"))?;
+                n += 1;
+                let Ok(info) = m.info() else { continue };
+                self.dlq_next = Some(info.stream_sequence + 1);
+                let at = DateTime::<Utc>::from_timestamp(info.published.unix_timestamp(), 0).unwrap_or(now);
+                let stage = m.subject.strip_prefix("perf.dlq.").unwrap_or(&m.subject).to_owned();
+                let code = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("Modelperf-Error"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_else(|| "unknown".to_owned());
+                self.dead_letters.push_back((at, stage, code));
+            }
+            if n < 1_000 {
+                break;
+            }
+        }
+        let horizon = now - chrono::TimeDelta::from_std(self.cfg.dlq_window).unwrap_or(chrono::TimeDelta::MAX);
+        while self.dead_letters.front().is_some_and(|(at, _, _)| *at < horizon) {
+            self.dead_letters.pop_front();
+        }
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (_, stage, code) in &self.dead_letters {
+            *counts.entry((stage.clone(), code.clone())).or_default() += 1;
+        }
+        let window = humantime::format_duration(self.cfg.dlq_window).to_string();
+        for key in self.dlq_known.iter().chain(counts.keys()).cloned().collect::<BTreeSet<_>>() {
+            let n = counts.get(&key).copied().unwrap_or(0);
+            out.push(obs(
+                DLQ_GROWTH,
+                &[("stage", &key.0), ("code", &key.1)],
+                n > self.cfg.dlq_growth,
+                Severity::Warning,
+                &[("value", n.to_string()), ("threshold", self.cfg.dlq_growth.to_string()), ("window", window.clone())],
+            ));
+        }
+        // Remembered, so an alert keeps being observed clear until it resolves (stage × code
+        // is a small set).
+        self.dlq_known.extend(counts.into_keys());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtins_cover_every_health_condition_of_the_contract() {
+        let names: Vec<String> = rules(&HealthConfig::default()).into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            names,
+            [CONSUMER_LAG, CONSUMER_STALLED, AT_MAX_ACK_PENDING, INSTANCES_LOW, DLQ_GROWTH, INFLUX_WRITES, UNOWNED]
+        );
+        assert_eq!(expected_leases("aggregator", 2), ["aggregator.p0", "aggregator.p1", "aggregator.final"]);
+        assert_eq!(expected_leases("rl-pipeline", 1), ["rl.p0"]);
+        assert!(expected_leases("collector", 8).is_empty(), "the collector shares one consumer, no leases");
+    }
+
+    #[test]
+    fn a_file_rule_may_not_take_a_builtin_name() {
+        let file = crate::Rules::parse(
+            "[[rules]]\nname = \"PipelineConsumerLag\"\ntype = \"threshold\"\nmetric = \"count\"\nvalue = 1\n",
+        )
+        .unwrap_or_default();
+        let err = file.with_builtins(rules(&HealthConfig::default())).unwrap_err();
+        assert_eq!(err.field, "name");
+        assert!(err.rule.contains("PipelineConsumerLag"));
+    }
+}
