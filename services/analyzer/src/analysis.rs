@@ -18,12 +18,13 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, TimeZone, Utc};
-use modelperf_schema::messages::{Anomaly, WindowMetrics};
+use modelperf_schema::messages::{Anomaly, Insight, WindowMetrics};
 use modelperf_schema::names::WindowSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::config::AnalyzerConfig;
 use crate::detect::{Observation, Open, Series, slot_of};
+use crate::trend::{self, History};
 
 /// Empty frames evaluated at most for one gap (a longer silence is as informative as this one).
 const MAX_GAP_FRAMES: i64 = 1_000;
@@ -46,6 +47,8 @@ struct Length {
     /// Its observations so far.
     pending: HashMap<String, (BTreeMap<String, String>, Observation)>,
     series: HashMap<String, Series>,
+    /// The trailing windows each series' trends are tested on.
+    histories: HashMap<String, History>,
     /// Recent frames and the stream sequence of their first message, oldest first.
     frames: VecDeque<(i64, u64)>,
 }
@@ -57,6 +60,8 @@ pub struct Analysis {
     lengths: BTreeMap<String, Length>,
     /// Restored from a checkpoint, applied once the replay is read.
     restore: Option<Saved>,
+    /// Insights of the frames closed since the last [`Analysis::take_insights`].
+    insights: Vec<Insight>,
 }
 
 impl Analysis {
@@ -71,12 +76,13 @@ impl Analysis {
                     current: None,
                     pending: HashMap::new(),
                     series: HashMap::new(),
+                    histories: HashMap::new(),
                     frames: VecDeque::new(),
                 };
                 (w.name().to_owned(), length)
             })
             .collect();
-        Self { config, lengths, restore: None }
+        Self { config, lengths, restore: None, insights: Vec::new() }
     }
 
     /// State to restore once the replay is read.
@@ -126,13 +132,16 @@ impl Analysis {
                 if let Some(series) = length.series.get_mut(&key) {
                     series.revise(index, &obs);
                 }
+                if let Some(history) = length.histories.get_mut(&key) {
+                    history.record(index, &obs, config);
+                }
                 return changes;
             }
             Some(current) if index > current => {
-                length.close(current, config, &mut changes);
+                length.close(current, config, &mut changes, &mut self.insights);
                 let gap_from = (current + 1).max(index - MAX_GAP_FRAMES);
                 for empty in gap_from..index {
-                    length.close(empty, config, &mut changes);
+                    length.close(empty, config, &mut changes, &mut self.insights);
                 }
                 length.open_frame(index, seq, config);
             }
@@ -141,6 +150,11 @@ impl Analysis {
         }
         length.pending.insert(key, (m.dims.clone(), obs));
         changes
+    }
+
+    /// The insights (trends) of the frames closed since the last call.
+    pub fn take_insights(&mut self) -> Vec<Insight> {
+        std::mem::take(&mut self.insights)
     }
 
     /// The checkpoint: open anomalies and frames.
@@ -189,13 +203,19 @@ impl Length {
     fn open_frame(&mut self, index: i64, seq: u64, config: &AnalyzerConfig) {
         self.current = Some(index);
         self.frames.push_back((index, seq));
-        while self.frames.len() > config.baseline_windows + 1 {
+        // A replay must rebuild the baselines and the trends' trailing windows.
+        let held = if config.trend_every > 0 {
+            config.baseline_windows.max(config.trend_windows)
+        } else {
+            config.baseline_windows
+        };
+        while self.frames.len() > held + 1 {
             self.frames.pop_front();
         }
     }
 
     /// Evaluates frame `index` for every series and empties it.
-    fn close(&mut self, index: i64, config: &AnalyzerConfig, changes: &mut Vec<Anomaly>) {
+    fn close(&mut self, index: i64, config: &AnalyzerConfig, changes: &mut Vec<Anomaly>, insights: &mut Vec<Insight>) {
         let secs = self.spec.secs() as i64;
         let end = Utc.timestamp_opt((index + 1) * secs, 0).single().unwrap_or(DateTime::<Utc>::MAX_UTC);
         let name = self.spec.name().to_owned();
@@ -207,8 +227,23 @@ impl Length {
             let obs = self.pending.get(key).map_or(&absent, |(_, o)| o);
             changes.extend(series.evaluate(index, end, obs, config));
         }
+        if config.trend_every > 0 {
+            for (key, (_, obs)) in &self.pending {
+                self.histories.entry(key.clone()).or_default().record(index, obs, config);
+            }
+            let first = index + 1 - config.trend_windows as i64;
+            self.histories.values_mut().for_each(|h| h.prune(first));
+            if (index + 1).rem_euclid(config.trend_every) == 0 {
+                let series = self.histories.iter().filter_map(|(key, h)| self.series.get(key).map(|s| (&s.dims, h)));
+                let mut found = trend::run(&name, secs, index, series, config);
+                found.sort_by(|a, b| a.id.cmp(&b.id));
+                insights.extend(found);
+            }
+        }
         self.pending.clear();
         self.series.retain(|_, s| s.any_open() || (index - s.last_seen < config.forget_after && !s.is_empty()));
+        let series = &self.series;
+        self.histories.retain(|key, h| !h.is_empty() && series.contains_key(key));
     }
 }
 

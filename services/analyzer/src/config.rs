@@ -87,6 +87,19 @@ pub struct AnalyzerConfig {
     pub log_floor: f64,
     /// A series without data for this many windows and nothing open is forgotten [240].
     pub forget_after: i64,
+    /// Trends are tested every this many windows, at window indices divisible by it (0: never)
+    /// [60].
+    pub trend_every: i64,
+    /// The trailing windows a trend test spans [120].
+    pub trend_windows: usize,
+    /// Windows with a value a metric needs for its trend test [12].
+    pub trend_min_points: usize,
+    /// The false discovery rate (Benjamini–Hochberg) at which a trend is published, and 1 − the
+    /// confidence of the slope's interval [0.05].
+    pub trend_alpha: f64,
+    /// Lags of the Hamed–Rao correction, 1..=this (0: every lag); 3 holds the level better on
+    /// windows than every lag does (`docs/analyzer.md`) [3].
+    pub trend_max_lag: usize,
 }
 
 impl Default for AnalyzerConfig {
@@ -110,6 +123,11 @@ impl Default for AnalyzerConfig {
             min_throughput: 20.0,
             log_floor: 1.02f64.ln(),
             forget_after: 240,
+            trend_every: 60,
+            trend_windows: 120,
+            trend_min_points: 12,
+            trend_alpha: 0.05,
+            trend_max_lag: 3,
         }
     }
 }
@@ -150,6 +168,15 @@ impl AnalyzerConfig {
         }
         if t.resolve_score >= t.open_score {
             return Err((key("resolve_score"), "must be below open_score".into()));
+        }
+        if t.trend_every < 0 {
+            return Err((key("trend_every"), "0 (never) or a number of windows".into()));
+        }
+        if t.trend_min_points < 3 || t.trend_windows < t.trend_min_points {
+            return Err((key("trend_min_points"), format!("between 3 and trend_windows ({})", t.trend_windows)));
+        }
+        if !(t.trend_alpha > 0.0 && t.trend_alpha < 0.5) {
+            return Err((key("trend_alpha"), "between 0 and 0.5".into()));
         }
         if !(t.throughput_ratio > 0.0 && t.throughput_ratio < 1.0) {
             return Err((key("throughput_ratio"), "between 0 and 1".into()));

@@ -1,5 +1,5 @@
-//! `modelperf-analyzer`: anomalies from the metrics windows (and, growing, trends, regressions,
-//! comparisons and reports).
+//! `modelperf-analyzer`: anomalies and trends from the metrics windows (and, growing,
+//! regressions, comparisons and reports).
 //!
 //! One active replica holds the lease `analyzer` and reads `PERF_METRICS` in order; it keeps a
 //! robust baseline per series and metric, opens an anomaly when a window's evidence is strong
@@ -12,6 +12,7 @@
 //! - [`baseline`]: the robust, drift-corrected baseline of one metric;
 //! - [`detect`]: one series' checks and their open → resolved state machine;
 //! - [`analysis`]: every series, the frames that drive them, what a checkpoint holds;
+//! - [`trend`]: Mann–Kendall (Hamed–Rao) and Theil–Sen trends per series and metric;
 //! - [`sim`]: simulated streams with injected changes (the detection benchmark);
 //! - [`service`]: the lease, the owner loop, publishing, the process ([`App`]).
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod detect;
 pub mod service;
 pub mod sim;
+pub mod trend;
 
 pub use config::Config;
 pub use service::App;

@@ -17,7 +17,7 @@ use modelperf_bus::{
     Topology, open_at, run_owner,
 };
 use modelperf_schema::ErrorCode;
-use modelperf_schema::messages::{Anomaly, AnomalyState, WindowMetrics};
+use modelperf_schema::messages::{Anomaly, AnomalyState, Insight, WindowMetrics};
 use modelperf_telemetry::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +175,7 @@ impl PartitionOwner for Owner {
         // Announced before the checkpoint: only the baselines are rebuilt.
         if let Ok(m) = Self::decode(msg) {
             let _ = self.analysis.ingest(&m, msg.seq);
+            let _ = self.analysis.take_insights();
         }
     }
 
@@ -183,7 +184,9 @@ impl PartitionOwner for Owner {
         let m = Self::decode(msg)?;
         let changes = self.analysis.ingest(&m, msg.seq);
         metrics::counter!("modelperf_analyzer_metrics_total").increment(1);
-        Ok(changes.iter().map(announcement).collect())
+        let mut out: Vec<Outgoing> = changes.iter().map(announcement).collect();
+        out.extend(self.analysis.take_insights().iter().map(insight_message));
+        Ok(out)
     }
 
     fn tick(&mut self, _caught_up: bool) -> Vec<Outgoing> {
@@ -198,6 +201,13 @@ impl PartitionOwner for Owner {
         let state = rmp_serde::to_vec_named(&self.analysis.saved()).unwrap_or_default();
         Checkpoint { applied_seq, replay_from: self.analysis.replay_from(), state }
     }
+}
+
+/// The message of an insight: `perf.insights.<type>`, `Nats-Msg-Id` = its id.
+pub fn insight_message(i: &Insight) -> Outgoing {
+    metrics::counter!("modelperf_analyzer_insights_total", "type" => i.kind.clone()).increment(1);
+    let body = modelperf_schema::to_msgpack(i).unwrap_or_default();
+    Outgoing::new(format!("perf.insights.{}", i.kind), i.id.clone(), body)
 }
 
 /// The message announcing an anomaly's change.
