@@ -45,14 +45,15 @@ impl Sketch {
         if mapping.offset() != 0 {
             mapping_len += 9;
         }
-        let bins = store.bins();
+        let span = store.span();
+        let low = store.key_range().map_or(0, |(low, _)| low);
         let mut store_len = 0;
-        if !bins.is_empty() {
-            let packed = 8 * bins.len();
+        if span > 0 {
+            let packed = 8 * span;
             store_len += 1 + wire::varint_len(packed as u64) + packed;
         }
-        if store.offset() != 0 && !bins.is_empty() {
-            store_len += 1 + wire::varint_len(u64::from(wire::zigzag_encode(store.offset())));
+        if low != 0 && span > 0 {
+            store_len += 1 + wire::varint_len(u64::from(wire::zigzag_encode(low)));
         }
         let mut buf = Vec::with_capacity(2 + mapping_len + 4 + store_len + 2 + 9);
 
@@ -63,13 +64,13 @@ impl Sketch {
         }
 
         wire::put_len_header(&mut buf, SKETCH_POSITIVE, store_len);
-        if !bins.is_empty() {
-            wire::put_len_header(&mut buf, STORE_CONTIGUOUS, 8 * bins.len());
-            for weight in bins {
+        if span > 0 {
+            wire::put_len_header(&mut buf, STORE_CONTIGUOUS, 8 * span);
+            for weight in store.contiguous() {
                 buf.extend_from_slice(&weight.to_le_bytes());
             }
-            if store.offset() != 0 {
-                wire::put_sint32(&mut buf, STORE_CONTIGUOUS_OFFSET, store.offset());
+            if low != 0 {
+                wire::put_sint32(&mut buf, STORE_CONTIGUOUS_OFFSET, low);
             }
         }
 

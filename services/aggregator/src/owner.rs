@@ -90,18 +90,19 @@ impl AggOwner {
             reason: format!("a clean event that does not decode: {}", e.reason),
         })
     }
+}
 
-    fn partial(&self, spec: &WindowSpec, c: Closed, msg_id: String) -> Outgoing {
-        let body = Partial::Window {
-            window: spec.name().to_owned(),
-            partition: self.partition,
-            start: c.start,
-            dims: c.dims,
-            revision: c.revision,
-            state: c.acc.to_state(),
-        };
-        outgoing(spec, self.partition, msg_id, &body)
-    }
+/// A closed series-window's partial.
+fn partial(spec: &WindowSpec, partition: u32, c: Closed, msg_id: String) -> Outgoing {
+    let body = Partial::Window {
+        window: spec.name().to_owned(),
+        partition,
+        start: c.start,
+        dims: c.dims,
+        revision: c.revision,
+        state: c.acc.to_state(),
+    };
+    outgoing(spec, partition, msg_id, &body)
 }
 
 fn outgoing(spec: &WindowSpec, partition: u32, msg_id: String, body: &Partial) -> Outgoing {
@@ -148,7 +149,7 @@ impl PartitionOwner for AggOwner {
             let id =
                 format!("{}:{}:{}:{}:e{}", spec, c.start.timestamp(), self.partition, series_hash(&c.dims), msg.seq);
             metrics::counter!("modelperf_aggregator_revisions_total", "window" => spec.name().to_owned()).increment(1);
-            out.push(self.partial(&spec, c, id));
+            out.push(partial(&spec, self.partition, c, id));
         }
         Ok(out)
     }
@@ -156,7 +157,7 @@ impl PartitionOwner for AggOwner {
     fn tick(&mut self, caught_up: bool) -> Vec<Outgoing> {
         let now = (self.clock)();
         let mut out = Vec::new();
-        let mut closed = Vec::new();
+        let partition = self.partition;
         for (spec, w) in &mut self.windows {
             // A close decided before a restart and not known to be published goes out again
             // at once (within the duplicate window), moved or not.
@@ -164,21 +165,14 @@ impl PartitionOwner for AggOwner {
                 continue;
             }
             let Some(through) = w.mark().final_through else { continue };
-            closed.push((spec.clone(), w.take_closed(), through));
-        }
-        for (spec, windows, through) in closed {
-            for c in windows {
-                let id = format!("{}:{}:{}:{}", spec, c.start.timestamp(), self.partition, series_hash(&c.dims));
-                out.push(self.partial(&spec, c, id));
-            }
+            w.drain_closed(|c| {
+                let id = format!("{}:{}:{}:{}", spec, c.start.timestamp(), partition, series_hash(&c.dims));
+                out.push(partial(spec, partition, c, id));
+            });
             // After the partials, so the finaliser has them when it reads the report.
-            let report = Partial::Watermark {
-                window: spec.name().to_owned(),
-                partition: self.partition,
-                final_through: through,
-            };
-            let id = format!("wm:{}:{}:{}", spec, self.partition, through.timestamp_millis());
-            out.push(outgoing(&spec, self.partition, id, &report));
+            let report = Partial::Watermark { window: spec.name().to_owned(), partition, final_through: through };
+            let id = format!("wm:{}:{}:{}", spec, partition, through.timestamp_millis());
+            out.push(outgoing(spec, partition, id, &report));
         }
         out
     }

@@ -23,6 +23,9 @@ const MAX_DIMS: usize = 6;
 #[derive(Debug, Clone, Default)]
 pub struct SeriesTable {
     group_by: Vec<Dim>,
+    /// Indices into `group_by` in the order of their tags (the order of [`SeriesTable::dims`]);
+    /// of two dimensions with one tag, the last (the one the map keeps).
+    by_tag: Vec<usize>,
     /// Hash of the values → ids with that hash.
     by_hash: HashMap<u64, Vec<SeriesId>>,
     /// Id → values (one per group-by dimension), `None` when free.
@@ -41,7 +44,18 @@ fn hash_of(values: &[Option<&str>]) -> u64 {
 impl SeriesTable {
     /// A table for `group_by` (at most six dimensions).
     pub fn new(group_by: &[Dim]) -> Self {
-        Self { group_by: group_by[..group_by.len().min(MAX_DIMS)].to_vec(), ..Self::default() }
+        let group_by = group_by[..group_by.len().min(MAX_DIMS)].to_vec();
+        let mut by_tag: Vec<usize> = (0..group_by.len()).collect();
+        // Stable: equal tags stay in group-by order, and the last of each run is kept.
+        by_tag.sort_by_key(|&i| group_by[i].tag());
+        let mut kept: Vec<usize> = Vec::with_capacity(by_tag.len());
+        for i in by_tag {
+            match kept.last_mut() {
+                Some(last) if group_by[*last].tag() == group_by[i].tag() => *last = i,
+                _ => kept.push(i),
+            }
+        }
+        Self { group_by, by_tag: kept, ..Self::default() }
     }
 
     /// The id of the event's series, registering it when new.
@@ -87,6 +101,18 @@ impl SeriesTable {
             .zip(values)
             .filter_map(|(d, v)| v.as_deref().map(|v| (d.tag().to_owned(), v.to_owned())))
             .collect()
+    }
+
+    /// Orders two series as their [`SeriesTable::dims`] maps compare, without building them:
+    /// the present (tag, value) pairs in tag order, lexicographically.
+    pub fn cmp_dims(&self, a: SeriesId, b: SeriesId) -> std::cmp::Ordering {
+        let pairs = |id: SeriesId| {
+            let values = self.values.get(id as usize).and_then(Option::as_deref).unwrap_or_default();
+            self.by_tag
+                .iter()
+                .filter_map(move |&i| values.get(i).and_then(|v| v.as_deref()).map(|v| (self.group_by[i].tag(), v)))
+        };
+        pairs(a).cmp(pairs(b))
     }
 
     /// One more open window holds `id`.
@@ -163,5 +189,34 @@ mod tests {
         let c = t.id_of(&ev("summarize", None));
         assert_eq!(c, a, "a freed id is reused");
         assert_eq!(t.dims(c)["task_type"], "summarize");
+    }
+
+    proptest::proptest! {
+        /// Sorting by `cmp_dims` is sorting by the `dims` maps, for any group-by order (the
+        /// tags' order differs from the group-by's) and any missing values.
+        #[test]
+        fn cmp_dims_orders_as_the_dims_maps(
+            series in proptest::collection::vec(
+                (proptest::option::of("[ab]{0,2}"), proptest::option::of("[ab]{0,2}"), "[ab]{0,2}"),
+                1..12,
+            ),
+        ) {
+            use crate::window::Dim;
+            let group_by = [Dim::TaskType, Dim::Tenant, Dim::Kind, Dim::Model];
+            let mut t = SeriesTable::new(&group_by);
+            let ids: Vec<SeriesId> = series
+                .iter()
+                .map(|(tenant, model, task_type)| {
+                    let mut e = ev(task_type, tenant.as_deref());
+                    e.model = model.as_ref().map(|m| modelperf_schema::ModelRef { name: m.clone(), ..Default::default() });
+                    t.id_of(&e)
+                })
+                .collect();
+            for &a in &ids {
+                for &b in &ids {
+                    proptest::prop_assert_eq!(t.cmp_dims(a, b), t.dims(a).cmp(&t.dims(b)));
+                }
+            }
+        }
     }
 }
