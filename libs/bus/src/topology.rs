@@ -336,7 +336,10 @@ impl Topology {
             filter_subject: c.filter.clone().unwrap_or_default(),
             ack_policy: c.ack_policy,
             ack_wait: self.bus.ack_wait,
-            max_deliver: self.bus.max_deliver,
+            // The outbox worker retries, backs off and dead-letters on its own (`give_up_after`);
+            // a server-side limit would strand a delivery that was redelivered often enough (a
+            // long receiver outage across restarts or failovers) in the work queue, unseen.
+            max_deliver: if c.stream == streams::OUTBOX { -1 } else { self.bus.max_deliver },
             max_ack_pending: self.bus.max_ack_pending,
             num_replicas: 0,
             ..Default::default()
@@ -495,5 +498,16 @@ mod tests {
         assert_eq!(get("PERF_DLQ").duplicate_window, Duration::from_secs(60), "clamped to the max age");
         bus.max_age.insert("PERF_EVNTS".into(), Duration::from_secs(1));
         assert!(bus.validate().unwrap_err().to_string().contains("bus.max_age.PERF_EVNTS"));
+    }
+
+    #[test]
+    fn only_the_outbox_consumer_redelivers_without_a_limit() {
+        let bus = BusConfig::default();
+        let t = Topology::contract(&bus, 1);
+        let outbox = t.consumer_config(t.consumer("monitor-outbox").unwrap());
+        assert_eq!(outbox.max_deliver, -1, "the outbox worker gives up on its own, by age");
+        for c in t.consumers.iter().filter(|c| c.stream != streams::OUTBOX) {
+            assert_eq!(t.consumer_config(c).max_deliver, bus.max_deliver, "{}", c.durable);
+        }
     }
 }
