@@ -190,6 +190,26 @@ pub struct HealthConfig {
     /// heartbeats).
     #[serde(with = "humantime_serde")]
     pub heartbeat_timeout: Duration,
+    /// The lease keys each service's replicas must hold between them, checked by the
+    /// "leases without a holder" rule while the service runs (or has a `min_ready`). `{p}` in a
+    /// key stands for every partition `0..bus.partitions`. The default is the contract's table:
+    /// `aggregator = ["aggregator.p{p}", "aggregator.final"]`, `rl-pipeline = ["rl.p{p}"]`,
+    /// `analyzer = ["analyzer"]`, `monitor = ["monitor"]`; a service left out (or given `[]`)
+    /// is not checked. Add `"analyzer.reports"` to the analyzer's list where it runs reports.
+    pub leases: BTreeMap<String, Vec<String>>,
+}
+
+/// The contract's lease keys per service (the default of `[monitor.health] leases`).
+pub fn default_leases() -> BTreeMap<String, Vec<String>> {
+    [
+        ("aggregator", &["aggregator.p{p}", "aggregator.final"][..]),
+        ("rl-pipeline", &["rl.p{p}"][..]),
+        ("analyzer", &["analyzer"][..]),
+        ("monitor", &["monitor"][..]),
+    ]
+    .into_iter()
+    .map(|(s, keys)| (s.to_owned(), keys.iter().map(|k| (*k).to_owned()).collect()))
+    .collect()
 }
 
 impl Default for HealthConfig {
@@ -204,6 +224,7 @@ impl Default for HealthConfig {
             dlq_window: Duration::from_secs(300),
             min_ready: BTreeMap::new(),
             heartbeat_timeout: Duration::from_secs(15),
+            leases: default_leases(),
         }
     }
 }
@@ -351,6 +372,22 @@ impl MonitorConfig {
                 "must be at least the heartbeat interval (5s)".into(),
             );
         }
+        for (service, keys) in &self.health.leases {
+            for key in keys {
+                let bare = key.replace("{p}", "");
+                if bare.is_empty()
+                    || bare.contains(['{', '}'])
+                    || !bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '='))
+                {
+                    return bad(
+                        &format!("monitor.health.leases.{service}"),
+                        format!(
+                            "{key:?} is not a lease key (characters of [A-Za-z0-9._/=-], `{{p}}` for the partition)"
+                        ),
+                    );
+                }
+            }
+        }
         if self.delivery.max_held == 0 {
             return bad("monitor.delivery.max_held", "must be at least 1".into());
         }
@@ -476,6 +513,25 @@ match = { severity = "critical" }
             assert!(err.contains("monitor.receivers.alertmanager"), "{err}");
             jail.create_file("s.toml", "[monitor.receivers.x]\ntype = \"sms\"\nurl = \"http://x\"\n")?;
             assert!(Config::load(Some(std::path::Path::new("s.toml"))).is_err());
+            jail.create_file("l.toml", "[monitor.health.leases]\nanalyzer = [\"analyzer\", \"analyzer reports\"]\n")?;
+            let err = Config::load(Some(std::path::Path::new("l.toml"))).unwrap_err().to_string();
+            assert!(err.contains("monitor.health.leases.analyzer"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_expected_leases_are_configuration_over_the_contract() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(Config::load(None).unwrap().monitor.health.leases, default_leases());
+            jail.create_file(
+                "l.toml",
+                "[monitor.health.leases]\nanalyzer = [\"analyzer\", \"analyzer.reports\"]\nmonitor = []\n",
+            )?;
+            let leases = Config::load(Some(std::path::Path::new("l.toml"))).unwrap().monitor.health.leases;
+            assert_eq!(leases["analyzer"], ["analyzer", "analyzer.reports"]);
+            assert!(leases["monitor"].is_empty());
+            assert_eq!(leases["aggregator"], default_leases()["aggregator"], "the other services keep the contract's");
             Ok(())
         });
     }

@@ -47,7 +47,8 @@ pub const UNOWNED: &str = "PipelinePartitionUnowned";
 /// The readiness check an aggregator reports failing while its InfluxDB writes fail.
 pub const INFLUX_WRITE_CHECK: &str = "influx_write";
 
-const RUNBOOK: &str = "https://github.com/modelperf/modelperf/blob/main/docs/monitor.md#pipeline-health";
+/// docs/monitor.md; each rule has a section named after it.
+const RUNBOOK: &str = "https://github.com/modelperf/modelperf/blob/main/docs/monitor.md";
 
 /// The built-in rules, with the configured `for` and hold.
 pub fn rules(cfg: &HealthConfig) -> Vec<Rule> {
@@ -62,7 +63,7 @@ pub fn rules(cfg: &HealthConfig) -> Vec<Rule> {
         labels: BTreeMap::new(),
         annotations: BTreeMap::from([
             ("summary".to_owned(), summary.to_owned()),
-            ("runbook_url".to_owned(), format!("{RUNBOOK}-{}", name.to_ascii_lowercase())),
+            ("runbook_url".to_owned(), format!("{RUNBOOK}#{}", name.to_ascii_lowercase())),
         ]),
     };
     vec![
@@ -96,18 +97,19 @@ pub fn rules(cfg: &HealthConfig) -> Vec<Rule> {
     ]
 }
 
-/// The lease keys a running service must hold between its replicas (the contract's table).
-/// The analyzer's `analyzer.reports` joins this list once the analyzer runs reports.
-pub fn expected_leases(service: &str, partitions: u32) -> Vec<String> {
-    match service {
-        "aggregator" => {
-            (0..partitions).map(|p| format!("aggregator.p{p}")).chain(["aggregator.final".to_owned()]).collect()
-        }
-        "rl-pipeline" => (0..partitions).map(|p| format!("rl.p{p}")).collect(),
-        "analyzer" => vec!["analyzer".to_owned()],
-        "monitor" => vec!["monitor".to_owned()],
-        _ => Vec::new(),
-    }
+/// The lease keys a running service must hold between its replicas: its entry of
+/// `[monitor.health] leases`, with `{p}` expanded to every partition.
+pub fn expected_leases(leases: &BTreeMap<String, Vec<String>>, service: &str, partitions: u32) -> Vec<String> {
+    let Some(keys) = leases.get(service) else { return Vec::new() };
+    keys.iter()
+        .flat_map(|k| {
+            if k.contains("{p}") {
+                (0..partitions).map(|p| k.replace("{p}", &p.to_string())).collect::<Vec<_>>()
+            } else {
+                vec![k.clone()]
+            }
+        })
+        .collect()
 }
 
 /// The latest heartbeat of one instance.
@@ -326,7 +328,7 @@ impl Checks {
         }
         let Some(kv) = &self.leases else { return Ok(()) };
         for service in services {
-            for key in expected_leases(service, self.partitions) {
+            for key in expected_leases(&self.cfg.leases, service, self.partitions) {
                 let held = matches!(kv.entry(&key).await?, Some(e) if e.operation == kv::Operation::Put);
                 out.push(obs(UNOWNED, &[("service", service), ("lease", &key)], !held, Severity::Critical, &[]));
             }
@@ -447,9 +449,15 @@ mod tests {
             names,
             [CONSUMER_LAG, CONSUMER_STALLED, AT_MAX_ACK_PENDING, INSTANCES_LOW, DLQ_GROWTH, INFLUX_WRITES, UNOWNED]
         );
-        assert_eq!(expected_leases("aggregator", 2), ["aggregator.p0", "aggregator.p1", "aggregator.final"]);
-        assert_eq!(expected_leases("rl-pipeline", 1), ["rl.p0"]);
-        assert!(expected_leases("collector", 8).is_empty(), "the collector shares one consumer, no leases");
+        let mut leases = crate::config::default_leases();
+        assert_eq!(expected_leases(&leases, "aggregator", 2), ["aggregator.p0", "aggregator.p1", "aggregator.final"]);
+        assert_eq!(expected_leases(&leases, "rl-pipeline", 1), ["rl.p0"]);
+        assert_eq!(expected_leases(&leases, "analyzer", 4), ["analyzer"]);
+        assert!(expected_leases(&leases, "collector", 8).is_empty(), "the collector shares one consumer, no leases");
+        leases.get_mut("analyzer").unwrap().push("analyzer.reports".into());
+        assert_eq!(expected_leases(&leases, "analyzer", 4), ["analyzer", "analyzer.reports"]);
+        leases.insert("monitor".into(), Vec::new());
+        assert!(expected_leases(&leases, "monitor", 1).is_empty(), "an empty list is not checked");
     }
 
     #[test]
