@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use modelperf_bus::{BusConfig, NatsConfig, Service, Topology};
 use serde::{Deserialize, Serialize};
 
+mod alerts;
 mod batches;
 mod dlq;
 mod load;
@@ -42,6 +43,8 @@ enum Command {
     Reaggregate(ReaggregateArgs),
     /// RL training batches per dataset; `batches tail` the latest, `batches export` to JSONL.
     Batches(batches::BatchesArgs),
+    /// Firing alerts and recent transitions (PERF_ALERTS), filtered by severity, labels, time.
+    Alerts(alerts::AlertsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -132,6 +135,7 @@ async fn run(command: Command, config: Config, config_file: Option<&std::path::P
             dlq::run(&js, &args).await?
         }
         Command::Batches(args) => batches::run(&js, &args).await?,
+        Command::Alerts(args) => alerts::run(&js, &args).await?,
         Command::Streams => {
             let topology = Topology::contract(&config.bus, config.nats.replicas);
             println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");
