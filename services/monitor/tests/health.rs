@@ -2,7 +2,8 @@
 //! collector that is not running (its consumer lags and its oldest message ages), a collector
 //! replica that takes messages and never acknowledges them (at `max_ack_pending`), bad input
 //! dead-lettered by the monitor itself (DLQ growth by code), and a required analyzer that is
-//! not running, then started and stopped (instances below the minimum, a lease without a holder).
+//! not running, then started and stopped (instances below the minimum, a lease without a holder);
+//! and two replicas scaled down to one (no page), then to none (paged).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -190,5 +191,28 @@ async fn a_required_service_down_pages_instances_low_and_its_lease_unowned() {
     // The monitor's own lease is held all along.
     let all = stack.transitions().await;
     assert!(of(&all, UNOWNED, &[("lease", "monitor")]).is_empty(), "{all:#?}");
+    monitor.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_down_to_the_minimum_does_not_page_and_below_it_does() {
+    let stack = Stack::start().await;
+    let mut c = health_config(stack.nats.url());
+    c.monitor.health.min_ready.insert("analyzer".into(), 1);
+    let service = [("service", "analyzer")];
+    let (first, second) = (start_analyzer(stack.nats.url()).await, start_analyzer(stack.nats.url()).await);
+    let monitor = Running::start(c, NO_RULES).await;
+    // Both replicas heartbeat ready before one is scaled away.
+    tokio::time::sleep(modelperf_telemetry::HEARTBEAT_INTERVAL * 2).await;
+    first.stop.send(()).unwrap();
+    first.handle.await.unwrap().unwrap();
+    // Past the heartbeat timeout and the rule's `for`, one ready replica is still enough.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let all = stack.transitions().await;
+    assert!(of(&all, INSTANCES_LOW, &service).is_empty(), "scaling 2 → 1 paged: {all:#?}");
+    // Below the minimum it pages: the check above could have failed.
+    second.stop.send(()).unwrap();
+    second.handle.await.unwrap().unwrap();
+    wait_for(&stack, INSTANCES_LOW, &service, AlertState::Firing, "0 ready < 1").await;
     monitor.stop().await;
 }
