@@ -489,6 +489,47 @@ async fn finaliser_settled(js: &Context) -> anyhow::Result<bool> {
     Ok(info.num_pending == 0 && info.num_ack_pending == 0 && info.delivered.stream_sequence > 0)
 }
 
+/// The most series-windows the aggregator held at once, from its gauges.
+#[derive(Debug, Default)]
+struct Held {
+    /// `modelperf_aggregator_open_series`, summed over the partitions.
+    open: u64,
+    /// `modelperf_aggregator_pending_series` (the finaliser's pending windows and roll-ups).
+    pending: u64,
+    /// The largest sum of both in one sample.
+    together: u64,
+}
+
+/// Samples the aggregator's `/metrics` every 200 ms until `stop`; a scrape that fails (the
+/// process still starting) is skipped.
+fn watch_series(addr: &str, stop: CancellationToken) -> tokio::task::JoinHandle<Held> {
+    let url = format!("http://{addr}/metrics");
+    tokio::spawn(async move {
+        let mut held = Held::default();
+        let Ok(client) = modelperf_telemetry::http::client().timeout(Duration::from_secs(2)).build() else {
+            return held;
+        };
+        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64;
+        while !stop.is_cancelled() {
+            if let Ok(text) = async { client.get(&url).send().await?.text().await }.await {
+                let (mut open, mut pending) = (0, 0);
+                for line in text.lines() {
+                    if line.starts_with("modelperf_aggregator_open_series{") {
+                        open += value(line);
+                    } else if line.starts_with("modelperf_aggregator_pending_series") {
+                        pending += value(line);
+                    }
+                }
+                held.open = held.open.max(open);
+                held.pending = held.pending.max(pending);
+                held.together = held.together.max(open + pending);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        held
+    })
+}
+
 /// The aggregator binary draining a fresh pre-load with `env` on top of the defaults; prints
 /// its peak resident memory. Returns whether it drained (rather than stalled).
 async fn process_drain(
@@ -515,13 +556,14 @@ async fn process_drain(
     } else {
         env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     };
+    let http = format!("127.0.0.1:{}", modelperf_testkit::free_port());
     let mut child = Running(
         Command::new(bin("modelperf-aggregator")?)
             .env("MODELPERF_NATS__URL", url)
             .env("MODELPERF_BUS__PARTITIONS", partitions.to_string())
             .env("MODELPERF_INFLUX__URL", influx)
             .env("MODELPERF_INFLUX__DATABASE", format!("bench_{tag}"))
-            .env("MODELPERF_HTTP__LISTEN", "127.0.0.1:0")
+            .env("MODELPERF_HTTP__LISTEN", &http)
             .env("MODELPERF_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -532,6 +574,7 @@ async fn process_drain(
     let pid = child.0.id();
     let stop = CancellationToken::new();
     let rss = watch_rss(pid, stop.clone());
+    let held = watch_series(&http, stop.clone());
     let started = Instant::now();
     let mut owners = None;
     let mut watchdog = Watchdog::new();
@@ -558,8 +601,16 @@ async fn process_drain(
     let at_end = rss_kib(pid).unwrap_or(0);
     stop.cancel();
     let peak = rss.await?;
+    let held = held.await?;
     drop(child);
     let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "process drain ({settings}): at most {} series-windows open in the owners, {} pending in the finaliser, {} together (sampled every 200 ms from /metrics); {:.0} bytes of peak resident memory per series-window held",
+        held.open,
+        held.pending,
+        held.together,
+        peak as f64 * 1024.0 / held.together.max(1) as f64
+    );
     match outcome {
         Ok(finaliser) => {
             let owners = owners.context("owners settled")?;
