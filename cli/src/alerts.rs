@@ -104,10 +104,7 @@ pub async fn run(js: &Context, args: &AlertsArgs) -> anyhow::Result<()> {
         println!("{:<20}  {:<8}  {:<8}  {:<32}  labels / summary", "at", "state", "severity", "alert");
     }
     for t in &transitions {
-        let state = match t.alert.state {
-            AlertState::Firing => "firing",
-            AlertState::Resolved => "resolved",
-        };
+        let state = t.alert.state.as_str();
         print!("{:<20}  {state:<8}  ", fmt_ts(&t.at));
         row("", &t.alert);
     }

@@ -331,13 +331,33 @@ pub enum Direction {
     Decline,
 }
 
-/// Alert states.
+/// Alert states. `firing` and `resolved` are notified; `pending` (breached, not yet for the
+/// rule's `for`) and `inactive` (a pending alert that cleared before it fired) are only recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 #[allow(missing_docs)]
 pub enum AlertState {
     Firing,
     Resolved,
+    Pending,
+    Inactive,
+}
+
+impl AlertState {
+    /// The state as `perf.alerts.<state>` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+            AlertState::Pending => "pending",
+            AlertState::Inactive => "inactive",
+        }
+    }
+
+    /// Whether receivers are told (firing and resolved); the others are only recorded.
+    pub fn is_notified(self) -> bool {
+        matches!(self, AlertState::Firing | AlertState::Resolved)
+    }
 }
 
 /// An alert transition (`perf.alerts.<state>`); maps 1:1 onto Alertmanager's API.

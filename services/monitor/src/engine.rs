@@ -139,11 +139,7 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
 
 /// The transition id of an alert in `state` that started at `starts_at`.
 pub fn transition_id(state: AlertState, starts_at: DateTime<Utc>) -> String {
-    let s = match state {
-        AlertState::Firing => "firing",
-        AlertState::Resolved => "resolved",
-    };
-    format!("{s}-{}", starts_at.timestamp_millis())
+    format!("{}-{}", state.as_str(), starts_at.timestamp_millis())
 }
 
 fn delta(d: Duration) -> TimeDelta {
@@ -160,12 +156,24 @@ pub struct Engine {
     rules: Arc<Rules>,
     config: EngineConfig,
     state: EngineState,
+    /// Every transition in order, the notified ones and those only recorded (an alert becoming
+    /// pending, or a pending one clearing before its `for`), until [`Engine::take_journal`].
+    journal: Vec<Transition>,
 }
 
 impl Engine {
     /// An engine over `rules`, restored from `state`.
     pub fn new(rules: Arc<Rules>, config: EngineConfig, state: EngineState) -> Self {
-        Self { rules, config, state }
+        Self { rules, config, state, journal: Vec::new() }
+    }
+
+    /// Every transition since the last call, in order, for `perf.alerts.<state>`: the notified
+    /// ones the observe and tick calls returned, and between them those only recorded —
+    /// `pending` (breached, not yet for its `for`) and `inactive` (a pending alert that cleared
+    /// before it fired). An alert that fires in the observation that made it pending records
+    /// no `pending`.
+    pub fn take_journal(&mut self) -> Vec<Transition> {
+        std::mem::take(&mut self.journal)
     }
 
     /// What a checkpoint keeps.
@@ -290,20 +298,26 @@ impl Engine {
         }
         let began = start.unwrap_or(end);
         if obs.breach {
+            let entered = entry.phase == Phase::Inactive;
             match entry.phase {
                 Phase::Inactive => entry.phase = Phase::Pending { since: began },
                 Phase::Pending { .. } => {}
                 Phase::Firing { since, .. } => entry.phase = Phase::Firing { since, clear_since: None },
             }
-            if let Phase::Pending { since } = entry.phase
-                && end - since >= delta(rule.for_)
-            {
-                self.fire(&fp, since, end, out);
+            if let Phase::Pending { since } = entry.phase {
+                if end - since >= delta(rule.for_) {
+                    self.fire(&fp, since, end, out);
+                } else if entered {
+                    self.record(&fp, AlertState::Pending, since, None);
+                }
             }
         } else {
             match entry.phase {
                 Phase::Inactive => {}
-                Phase::Pending { .. } => entry.phase = Phase::Inactive,
+                Phase::Pending { since } => {
+                    entry.phase = Phase::Inactive;
+                    self.record(&fp, AlertState::Inactive, since, Some(began.max(since)));
+                }
                 Phase::Firing { since, clear_since } => {
                     let cleared = clear_since.unwrap_or(began);
                     entry.phase = Phase::Firing { since, clear_since: Some(cleared) };
@@ -314,6 +328,13 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Records a transition that notifies nobody.
+    fn record(&mut self, fp: &str, state: AlertState, since: DateTime<Utc>, ends_at: Option<DateTime<Utc>>) {
+        let Some(e) = self.state.alerts.get(fp) else { return };
+        metrics::counter!("modelperf_monitor_transitions_total", "state" => state.as_str()).increment(1);
+        self.journal.push(Transition { id: transition_id(state, since), alert: alert(fp, e, state, since, ends_at) });
     }
 
     /// How long the condition must be clear before the alert resolves.
@@ -334,7 +355,9 @@ impl Engine {
         e.phase = Phase::Firing { since, clear_since: None };
         let alert = alert(fp, e, AlertState::Firing, since, None);
         metrics::counter!("modelperf_monitor_transitions_total", "state" => "firing").increment(1);
-        out.push(Transition { id: transition_id(AlertState::Firing, since), alert });
+        let t = Transition { id: transition_id(AlertState::Firing, since), alert };
+        self.journal.push(t.clone());
+        out.push(t);
     }
 
     /// Resolves a firing alert (`ends_at` = when the condition ended; `at` = metrics time of
@@ -343,14 +366,19 @@ impl Engine {
         let Some(e) = self.state.alerts.get_mut(fp) else { return };
         match e.phase {
             Phase::Inactive => {}
-            Phase::Pending { .. } => e.phase = Phase::Inactive,
+            Phase::Pending { since } => {
+                e.phase = Phase::Inactive;
+                self.record(fp, AlertState::Inactive, since, Some(ends_at.max(since)));
+            }
             Phase::Firing { since, .. } => {
                 e.phase = Phase::Inactive;
                 e.last_resolved = Some(at);
                 let ends_at = ends_at.max(since + TimeDelta::milliseconds(1));
                 let alert = alert(fp, e, AlertState::Resolved, since, Some(ends_at));
                 metrics::counter!("modelperf_monitor_transitions_total", "state" => "resolved").increment(1);
-                out.push(Transition { id: transition_id(AlertState::Resolved, since), alert });
+                let t = Transition { id: transition_id(AlertState::Resolved, since), alert };
+                self.journal.push(t.clone());
+                out.push(t);
             }
         }
     }
@@ -501,6 +529,42 @@ type = "anomaly"
         assert!(of_rule(&e.observe_metrics(&window("m", 1, true)), "Slow").is_empty());
         assert!(of_rule(&e.observe_metrics(&window("m", 2, false)), "Slow").is_empty());
         assert!(of_rule(&e.observe_metrics(&window("m", 3, true)), "Slow").is_empty(), "pending starts over");
+    }
+
+    #[test]
+    fn the_journal_records_pending_and_inactive_between_the_notified_transitions() {
+        let mut e = engine(RULES);
+        let states = |j: Vec<Transition>| -> Vec<(String, AlertState)> {
+            j.into_iter().map(|t| (t.alert.labels["alertname"].clone(), t.alert.state)).collect()
+        };
+        let name = |s: &str| s.to_owned();
+        // Pending, then cleared before its `for`: recorded, never returned as notified.
+        assert!(of_rule(&e.observe_metrics(&window("m", 0, true)), "Slow").is_empty());
+        let j = e.take_journal();
+        assert_eq!(states(j.clone()), [(name("Slow"), AlertState::Pending), (name("SlowNow"), AlertState::Firing)]);
+        assert_eq!(j[0].id, format!("pending-{}", t0().timestamp_millis()));
+        assert!(e.take_journal().is_empty(), "taken");
+        e.observe_metrics(&window("m", 1, false));
+        let j = e.take_journal();
+        assert_eq!(j[0].alert.state, AlertState::Inactive);
+        assert_eq!((j[0].alert.starts_at, j[0].alert.ends_at), (t0(), Some(t0() + TimeDelta::minutes(1))));
+        assert_eq!(j[0].id, format!("inactive-{}", t0().timestamp_millis()));
+        // Pending again, then firing: the journal has both, in order, with the notified one equal
+        // to what observe returned.
+        let mut notified = Vec::new();
+        for i in 2..5 {
+            notified.extend(of_rule(&e.observe_metrics(&window("m", i, true)), "Slow").into_iter().cloned());
+        }
+        let slow: Vec<Transition> =
+            e.take_journal().into_iter().filter(|t| t.alert.labels["alertname"] == "Slow").collect();
+        assert_eq!(slow.iter().map(|t| t.alert.state).collect::<Vec<_>>(), [AlertState::Pending, AlertState::Firing]);
+        assert_eq!(slow[1], notified[0]);
+        // `for = 0` fires in the observation that made it pending: no pending record.
+        let mut e = engine(RULES);
+        e.observe_metrics(&window("n", 0, true));
+        let now: Vec<Transition> =
+            e.take_journal().into_iter().filter(|t| t.alert.labels["alertname"] == "SlowNow").collect();
+        assert_eq!(now.iter().map(|t| t.alert.state).collect::<Vec<_>>(), [AlertState::Firing]);
     }
 
     #[test]

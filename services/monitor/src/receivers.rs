@@ -138,10 +138,7 @@ fn summary(a: &Alert) -> String {
 }
 
 fn state_word(s: AlertState) -> &'static str {
-    match s {
-        AlertState::Firing => "firing",
-        AlertState::Resolved => "resolved",
-    }
+    s.as_str()
 }
 
 /// Slack's mrkdwn needs `&`, `<` and `>` escaped.

@@ -119,11 +119,15 @@ impl Router {
     /// The deliveries of one evaluation's transitions.
     pub fn route(&self, state: &mut RouterState, transitions: &[Transition], now: DateTime<Utc>) -> Vec<Delivery> {
         let mut out = Vec::new();
-        if transitions.is_empty() {
+        // Pending and inactive are only recorded, never notified.
+        let items: Vec<Item> = transitions
+            .iter()
+            .filter(|t| t.alert.state.is_notified())
+            .map(|t| Item { alert: t.alert.clone(), transition: t.id.clone() })
+            .collect();
+        if items.is_empty() {
             return out;
         }
-        let items: Vec<Item> =
-            transitions.iter().map(|t| Item { alert: t.alert.clone(), transition: t.id.clone() }).collect();
         if self.alertmanager {
             let mut keys: Vec<String> = items.iter().map(Item::key).collect();
             keys.sort();
@@ -161,6 +165,7 @@ impl Router {
                     AlertState::Resolved => {
                         state.notified.remove(&key);
                     }
+                    AlertState::Pending | AlertState::Inactive => {} // filtered out above
                 }
                 let group: Vec<&str> =
                     route.group_by.iter().map(|l| item.alert.labels.get(l).map(String::as_str).unwrap_or("")).collect();

@@ -33,7 +33,7 @@ use modelperf_bus::{
     BusError, Checkpoint, CheckpointStore, Incoming, Leases, Outgoing, Process, Service, Topology, dead_letter,
     publish, send_all, streams,
 };
-use modelperf_schema::messages::{AlertState, Anomaly, WindowMetrics};
+use modelperf_schema::messages::{Anomaly, WindowMetrics};
 use modelperf_telemetry::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -413,7 +413,7 @@ async fn evaluate(ctx: &Ctx, halt: CancellationToken, lost: CancellationToken) -
             transitions.extend(engine.tick(now));
             let mut deliveries = router.route(&mut router_state, &transitions, now);
             deliveries.extend(router.tick(&mut router_state, &engine.firing(), now));
-            let outputs = outputs(&transitions, &deliveries)?;
+            let outputs = outputs(&engine.take_journal(), &deliveries)?;
             if !outputs.is_empty() {
                 // The decision first: a successor publishes exactly these again.
                 save(&mut store, &engine, &router_state, &metrics, &signals, outputs.clone()).await?;
@@ -446,16 +446,13 @@ async fn evaluate(ctx: &Ctx, halt: CancellationToken, lost: CancellationToken) -
     Ok(())
 }
 
-/// The messages of one evaluation: transitions on `perf.alerts.<state>`, then deliveries.
+/// The messages of one evaluation: every transition on `perf.alerts.<state>` (the journal,
+/// pending and inactive ones too), then the deliveries.
 fn outputs(transitions: &[Transition], deliveries: &[crate::router::Delivery]) -> anyhow::Result<Vec<Unpublished>> {
     let mut out = Vec::with_capacity(transitions.len() + deliveries.len());
     for t in transitions {
-        let state = match t.alert.state {
-            AlertState::Firing => "firing",
-            AlertState::Resolved => "resolved",
-        };
         out.push(Unpublished {
-            subject: format!("perf.alerts.{state}"),
+            subject: format!("perf.alerts.{}", t.alert.state.as_str()),
             msg_id: format!("alert:{}:{}", t.alert.fingerprint, t.id),
             payload: modelperf_schema::to_msgpack(&t.alert).context("encode alert")?,
         });

@@ -205,6 +205,17 @@ async fn influxdb_stopped_pages_the_aggregator_until_it_returns() {
     let all = stack.transitions().await;
     let states: Vec<AlertState> = of(&all, INFLUX_WRITES, &instance).iter().map(|a| a.state).collect();
     assert_eq!(states, [AlertState::Firing, AlertState::Resolved], "{all:#?}");
+    // Every lifecycle transition is in the stream: pending before firing, on its own subject.
+    let journal = stack.journal().await;
+    let states: Vec<AlertState> = of(&journal, INFLUX_WRITES, &instance).iter().map(|a| a.state).collect();
+    assert_eq!(states, [AlertState::Pending, AlertState::Firing, AlertState::Resolved], "{journal:#?}");
+    let subjects: Vec<String> = modelperf_testkit::read_stream(&stack.js, "PERF_ALERTS", None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.subject.to_string())
+        .collect();
+    assert!(subjects.iter().any(|s| s == "perf.alerts.pending"), "{subjects:?}");
 
     assert!(producer.stop().await > 0);
     monitor.stop().await;

@@ -50,8 +50,13 @@ impl Stack {
         Stack { nats, js }
     }
 
-    /// The alerts published on `perf.alerts.<state>`, in order.
+    /// The notified transitions (firing, resolved) published on `perf.alerts.<state>`, in order.
     pub async fn transitions(&self) -> Vec<Alert> {
+        self.journal().await.into_iter().filter(|a| a.state.is_notified()).collect()
+    }
+
+    /// Every transition published on `perf.alerts.<state>` (pending and inactive too), in order.
+    pub async fn journal(&self) -> Vec<Alert> {
         read_stream(&self.js, "PERF_ALERTS", None)
             .await
             .unwrap()
