@@ -3,6 +3,8 @@
 
 use modelperf_bus::{BusConfig, ConfigError, HttpConfig, NatsConfig};
 use modelperf_schema::names::WindowSpec;
+
+pub use crate::report::schedule::{ReportsConfig, ScheduleConfig};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The analyzer itself.
     pub analyzer: AnalyzerConfig,
+    /// Scheduled reports.
+    pub reports: ReportsConfig,
 }
 
 impl Default for Config {
@@ -29,6 +33,7 @@ impl Default for Config {
             bus: Default::default(),
             http: HttpConfig::on(9103),
             analyzer: Default::default(),
+            reports: Default::default(),
         }
     }
 }
@@ -39,6 +44,7 @@ impl Config {
         let config: Config = modelperf_bus::config::load(file)?;
         config.bus.validate()?;
         config.analyzer.validate().map_err(|(key, reason)| ConfigError::Invalid { key, reason })?;
+        config.reports.validate().map_err(|(key, reason)| ConfigError::Invalid { key, reason })?;
         Ok(config)
     }
 }

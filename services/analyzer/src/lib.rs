@@ -13,6 +13,8 @@
 //! - [`detect`]: one series' checks and their open → resolved state machine;
 //! - [`analysis`]: every series, the frames that drive them, what a checkpoint holds;
 //! - [`trend`]: Mann–Kendall (Hamed–Rao) and Theil–Sen trends per series and metric;
+//! - [`report`]: reports (Markdown, JSON, HTML with SVG charts), scheduled under the lease
+//!   `analyzer.reports`;
 //! - [`sim`]: simulated streams with injected changes (the detection benchmark);
 //! - [`service`]: the lease, the owner loop, publishing, the process ([`App`]).
 
@@ -20,6 +22,7 @@ pub mod analysis;
 pub mod baseline;
 pub mod config;
 pub mod detect;
+pub mod report;
 pub mod service;
 pub mod sim;
 pub mod trend;

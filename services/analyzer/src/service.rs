@@ -82,6 +82,13 @@ impl App {
             health: p.health.clone(),
         });
         let mut roles = tokio::task::JoinSet::new();
+        let reports_js = modelperf_bus::jetstream(p.client.clone(), Duration::from_secs(10), 256);
+        roles.spawn(crate::report::schedule::role(
+            reports_js,
+            ctx.leases.clone(),
+            self.config.reports.clone(),
+            stop.clone(),
+        ));
         roles.spawn(anomaly_role(ctx, stop.clone()));
         p.supervise(roles, shutdown, &stop, "checkpointing and releasing the lease").await;
         let _ = beat.await;
