@@ -158,7 +158,7 @@ fn interval_chart(
     rows: &[(&str, Option<Estimate>)],
     fmt: impl Fn(f64) -> String,
 ) -> String {
-    let height = 60.0 + 26.0 * rows.len().max(1) as f64;
+    let height = 66.0 + 30.0 * rows.len().max(1) as f64;
     let mut c = Chart::new(id, title, height);
     let values: Vec<f64> = rows.iter().filter_map(|(_, e)| *e).flat_map(|e| [e.low, e.high]).collect();
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -172,10 +172,10 @@ fn interval_chart(
         c.left,
         c.right,
     );
-    let y0 = c.top + 18.0;
+    let y0 = c.top + 24.0;
     c.x_axis(&x, &xt, axis);
     for (i, (model, est)) in rows.iter().enumerate() {
-        let yy = y0 + 26.0 * i as f64;
+        let yy = y0 + 30.0 * i as f64;
         c.text(c.left - 6.0, yy + 4.0, "end", "model", model);
         let Some(e) = est else {
             c.text(c.left + 6.0, yy + 4.0, "start", "empty", "no data");
@@ -199,7 +199,7 @@ fn interval_chart(
             escape(&label),
             col = colour(i)
         ));
-        c.text(x.at(e.high) + 6.0, yy + 4.0, "start", "value", &fmt(e.value));
+        c.text(x.at(e.value), yy - 8.0, "middle", "value", &fmt(e.value));
     }
     c.raw(&format!(
         r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="#999999"/>"##,
@@ -215,7 +215,7 @@ fn cost_chart(r: &Report) -> String {
     let height = 60.0 + 26.0 * r.models.len().max(1) as f64;
     let mut c = Chart::new("cost", "Cost per task (USD, fully priced windows)", height);
     let hi = r.models.iter().filter_map(|m| m.cost_per_task).fold(0.0, f64::max);
-    let xt = ticks(0.0, if hi > 0.0 { hi * 1.1 } else { 1.0 }, 5);
+    let xt = ticks(0.0, if hi > 0.0 { hi * 1.3 } else { 1.0 }, 5);
     let x = Scale::new(0.0, xt.last().copied().unwrap_or(hi).max(hi), c.left, c.right);
     c.x_axis(&x, &xt, "USD per task");
     let y0 = c.top + 8.0;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use croner::Cron;
 use modelperf_bus::{Checkpoint, CheckpointStore, Leases};
 use modelperf_schema::names::WindowSpec;
@@ -150,8 +150,9 @@ pub fn due(
     delay: chrono::Duration,
     catch_up: chrono::Duration,
 ) -> Vec<DateTime<Utc>> {
-    let ready = now - delay;
-    let oldest = now - catch_up;
+    // croner keeps the sub-second part of the time it starts from; ticks are whole seconds.
+    let ready = (now - delay).trunc_subsecs(0);
+    let oldest = (now - catch_up).trunc_subsecs(0);
     let Some(last) = last else {
         return cron.find_previous_occurrence(&ready, true).ok().filter(|t| *t >= oldest).into_iter().collect();
     };
@@ -294,6 +295,9 @@ mod tests {
     fn a_tick_runs_once_after_its_delay() {
         let daily = Cron::from_str("0 0 * * *").unwrap();
         let (delay, catch_up) = (chrono::Duration::minutes(5), chrono::Duration::days(8));
+        let every2s = Cron::from_str("*/2 * * * * *").unwrap();
+        let now = t(3, 10, 0) + chrono::Duration::milliseconds(1_300);
+        assert_eq!(due(&every2s, None, now, chrono::Duration::zero(), catch_up), vec![t(3, 10, 0)], "whole seconds");
         // First start: the latest due tick only.
         assert_eq!(due(&daily, None, t(3, 10, 0), delay, catch_up), vec![t(3, 0, 0)]);
         // Before the delay has passed the tick is not due yet; after it, once.

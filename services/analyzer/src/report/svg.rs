@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 /// Chart size in SVG user units.
 pub const WIDTH: f64 = 720.0;
 const MARGIN_LEFT: f64 = 170.0;
-const MARGIN_RIGHT: f64 = 20.0;
+const MARGIN_RIGHT: f64 = 60.0;
 const MARGIN_TOP: f64 = 28.0;
 const MARGIN_BOTTOM: f64 = 34.0;
 
@@ -145,7 +145,7 @@ impl Chart {
             );
             self.text(self.left - 6.0, y + 4.0, "end", "tick", &tick_label(v));
         }
-        self.text(self.left, MARGIN_TOP - 10.0, "start", "axis", label);
+        self.text(8.0, MARGIN_TOP - 10.0, "start", "axis", label);
         self.frame();
     }
 
@@ -169,7 +169,7 @@ impl Chart {
         let span = e - s;
         let step = [3600.0, 3.0 * 3600.0, 6.0 * 3600.0, 12.0 * 3600.0, 86_400.0, 2.0 * 86_400.0, 7.0 * 86_400.0]
             .into_iter()
-            .find(|st| span / st <= 8.0)
+            .find(|st| span / st <= 6.0)
             .unwrap_or(span / 5.0)
             .max(1.0);
         let mut t = (s / step).ceil() * step;
