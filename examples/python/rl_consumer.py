@@ -236,7 +236,9 @@ async def run(args: argparse.Namespace) -> dict:
             want = args.fetch if not args.max_batches else min(args.fetch, args.max_batches - summary["batches"])
             try:
                 msgs = await sub.fetch(want, timeout=max(left, 0.1))
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                # No batch within the wait (nats-py raises either, depending on where the wait
+                # ran out): try again until the idle timeout.
                 continue
             idle_since = loop.time()
             for msg in msgs:
