@@ -2,7 +2,7 @@
 //!
 //! Layout: `main.rs` parses the command line and connects; `load.rs` is the synthetic workload;
 //! `dlq.rs` lists and replays dead letters; `batches.rs` lists, tails and exports RL training
-//! batches.
+//! batches; `report.rs` writes a report of a period.
 
 use std::path::PathBuf;
 
@@ -15,6 +15,7 @@ mod alerts;
 mod batches;
 mod dlq;
 mod load;
+mod report;
 
 /// Measure how AI models perform inside an agent platform.
 #[derive(Debug, Parser)]
@@ -45,6 +46,9 @@ enum Command {
     Batches(batches::BatchesArgs),
     /// Firing alerts and recent transitions (PERF_ALERTS), filtered by severity, labels, time.
     Alerts(alerts::AlertsArgs),
+    /// A report of a period (latency, success, quality, cost, Pareto front, anomalies) as HTML,
+    /// Markdown or JSON; --publish also stores and announces it.
+    Report(report::ReportArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +140,7 @@ async fn run(command: Command, config: Config, config_file: Option<&std::path::P
         }
         Command::Batches(args) => batches::run(&js, &args).await?,
         Command::Alerts(args) => alerts::run(&js, &args).await?,
+        Command::Report(args) => report::run(&js, &args).await?,
         Command::Streams => {
             let topology = Topology::contract(&config.bus, config.nats.replicas);
             println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");
