@@ -315,8 +315,41 @@ mod tests {
         let got = due(&daily, Some(t(2, 0, 0)), t(20, 12, 0), delay, chrono::Duration::days(2));
         assert_eq!(got, vec![t(19, 0, 0), t(20, 0, 0)]);
         let weekly = Cron::from_str("0 0 * * MON").unwrap();
+        assert_eq!(
+            due(&Cron::from_str("@daily").unwrap(), Some(t(2, 0, 0)), t(3, 1, 0), delay, chrono::Duration::days(8)),
+            vec![t(3, 0, 0)],
+            "aliases work"
+        );
         // 2026-03-02 and 2026-03-09 are Mondays.
         assert_eq!(due(&weekly, None, t(10, 0, 0), delay, chrono::Duration::days(8)), vec![t(9, 0, 0)]);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail returns its own error type
+    fn schedules_come_from_the_file_and_scalars_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "analyzer.toml",
+                "[reports.schedules.hourly]\ncron = \"5 * * * *\"\nspan = \"1h\"\n\n[reports.schedules.weekly]\ncron = \"\"\n",
+            )?;
+            jail.set_env("MODELPERF_REPORTS__DELAY", "1m");
+            jail.set_env("MODELPERF_REPORTS__FORMATS", "json,html");
+            let c = crate::Config::load(Some(std::path::Path::new("analyzer.toml"))).unwrap();
+            let names: Vec<_> = c.reports.schedules().unwrap().into_iter().map(|s| (s.name, s.span)).collect();
+            assert_eq!(
+                names,
+                vec![
+                    ("daily".to_owned(), chrono::Duration::days(1)),
+                    ("hourly".to_owned(), chrono::Duration::hours(1))
+                ]
+            );
+            assert_eq!(c.reports.delay, Duration::from_secs(60));
+            assert_eq!(c.reports.formats().unwrap(), vec![Format::Json, Format::Html]);
+            jail.set_env("MODELPERF_REPORTS__FORMATS", "pdf");
+            let err = crate::Config::load(Some(std::path::Path::new("analyzer.toml"))).unwrap_err().to_string();
+            assert!(err.contains("MODELPERF_REPORTS__FORMATS"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]
