@@ -420,3 +420,43 @@ async fn the_html_report_renders_in_headless_chromium() {
     assert!(png.len() > 5 * blank_png.len(), "screenshot {} bytes, blank page {} bytes", png.len(), blank_png.len());
     println!("report screenshot kept at {}", shot.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_announced_before_a_lost_checkpoint_is_not_announced_again() {
+    use chrono::SubsecRound;
+    let nats = NatsServer::start().await.unwrap();
+    let js = jetstream::new(nats.client().await.unwrap());
+    ensure(&js).await;
+    // The checkpoint says the tick t0 is done; the tick t0 + 2 s was stored and announced, and the
+    // process died before its checkpoint.
+    let now = Utc::now().trunc_subsecs(0);
+    let t0 = now - chrono::Duration::seconds(now.timestamp() % 2 + 4);
+    let (mut store, _) = modelperf_bus::CheckpointStore::open(&js, "analyzer.reports").await.unwrap();
+    let saved = report::schedule::Saved { last: BTreeMap::from([("tick".to_owned(), t0)]) };
+    let state = rmp_serde::to_vec_named(&saved).unwrap();
+    store.save(&modelperf_bus::Checkpoint { applied_seq: 0, replay_from: None, state }).await.unwrap();
+    let before_crash = ReportAnnouncement {
+        object: source::object_name("tick", &t0),
+        formats: vec!["json".into()],
+        period: "tick".into(),
+        start: t0,
+        end: t0 + chrono::Duration::seconds(2),
+        sha256: "announced before the crash".into(),
+    };
+    // Under another message id: the duplicate window is not what keeps it single.
+    let mut out = source::announcement(&before_crash);
+    out.msg_id = "the-crashed-run".into();
+    modelperf_bus::publish(&js, out).await.unwrap();
+
+    let prometheus = modelperf_telemetry::init("analyzer-test").unwrap().prometheus;
+    let app = start(nats.url(), &prometheus).await;
+    eventually(Duration::from_secs(30), || async { (announcements(&js, "tick").await.len() >= 4).then_some(()) })
+        .await
+        .expect("the schedule did not go on");
+    app.stop().await;
+    let seen = announcements(&js, "tick").await;
+    assert_eq!(seen[0], before_crash);
+    assert_eq!(seen.iter().filter(|a| a.start == t0).count(), 1, "{seen:#?}");
+    assert_eq!(seen[1].start, t0 + chrono::Duration::seconds(2), "the next tick follows: {seen:#?}");
+    check_ticks(&js, &seen[1..]).await;
+}
