@@ -236,7 +236,7 @@ impl Data {
 pub struct TaskStarted {
     /// Time the task waited in a queue before it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800_000))]
     pub queue_ms: Option<f64>,
 }
 
@@ -244,11 +244,11 @@ pub struct TaskStarted {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TaskCompleted {
     /// End-to-end latency of the task.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800_000))]
     pub latency_ms: f64,
     /// Time to the first token, when streaming.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800_000))]
     pub ttft_ms: Option<f64>,
     /// Whether the task succeeded.
     pub success: bool,
@@ -266,7 +266,7 @@ pub struct TaskCompleted {
     pub tool_calls: Option<u64>,
     /// CPU time spent by the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800_000))]
     pub cpu_ms: Option<f64>,
     /// Peak memory of the agent in MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -311,7 +311,7 @@ pub struct RoutingDecision {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub features: BTreeMap<String, Feature>,
     /// Time the router took to decide.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800_000))]
     pub decision_ms: f64,
 }
 
@@ -411,7 +411,7 @@ pub struct Validation {
     #[schemars(range(min = 0, max = 1))]
     pub compliance_score: f64,
     /// Time the validator took.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 604_800_000))]
     pub duration_ms: f64,
 }
 

@@ -29,4 +29,4 @@ pub use codec::{
 pub use dlq::ValidationErrorDoc;
 pub use event::*;
 pub use model::ModelRef;
-pub use validate::{ErrorCode, ValidationError, check_ts_range, validate_event};
+pub use validate::{ErrorCode, MAX_DURATION_MS, ValidationError, check_ts_range, validate_event};

@@ -109,6 +109,10 @@ pub const MAX_FUTURE: Duration = Duration::minutes(5);
 /// How old an event's `ts` may be (a DLQ replay is exempt).
 pub const MAX_AGE: Duration = Duration::days(7);
 
+/// The longest duration a `*_ms` field may carry: 7 days. Longer is a unit or clock error, and
+/// a value near `f64::MAX` would make window sums overflow to infinity (and be dropped).
+pub const MAX_DURATION_MS: f64 = 604_800_000.0;
+
 /// The `ts` rule: at most 5 minutes in the future and, unless replayed, at most 7 days old.
 pub fn check_ts_range(ts: DateTime<Utc>, now: DateTime<Utc>, replay: bool) -> Result<(), ValidationError> {
     if ts > now + MAX_FUTURE {
@@ -148,6 +152,20 @@ impl Checker {
     fn opt_duration(&mut self, field: &str, v: Option<f64>) {
         if let Some(v) = v {
             self.duration(field, v);
+        }
+    }
+
+    /// A duration in milliseconds: non-negative, finite, and at most [`MAX_DURATION_MS`].
+    fn millis(&mut self, field: &str, v: f64) {
+        self.duration(field, v);
+        if v > MAX_DURATION_MS {
+            self.fail(ErrorCode::Range, field, format!("must be at most {MAX_DURATION_MS} ms (7 days), got {v}"));
+        }
+    }
+
+    fn opt_millis(&mut self, field: &str, v: Option<f64>) {
+        if let Some(v) = v {
+            self.millis(field, v);
         }
     }
 
@@ -219,18 +237,18 @@ pub fn validate_event(e: &Event) -> Result<(), ValidationError> {
         }
     }
     match &e.data {
-        Data::TaskStarted(d) => c.opt_duration("data.queue_ms", d.queue_ms),
+        Data::TaskStarted(d) => c.opt_millis("data.queue_ms", d.queue_ms),
         Data::TaskCompleted(d) => {
-            c.duration("data.latency_ms", d.latency_ms);
-            c.opt_duration("data.ttft_ms", d.ttft_ms);
-            c.opt_duration("data.cpu_ms", d.cpu_ms);
+            c.millis("data.latency_ms", d.latency_ms);
+            c.opt_millis("data.ttft_ms", d.ttft_ms);
+            c.opt_millis("data.cpu_ms", d.cpu_ms);
             c.opt_duration("data.memory_mb", d.memory_mb);
             if let Some(t) = &d.tokens {
                 c.tokens("data.tokens", t);
             }
         }
         Data::RoutingDecision(d) => {
-            c.duration("data.decision_ms", d.decision_ms);
+            c.millis("data.decision_ms", d.decision_ms);
             c.opt_unit("data.probability", d.probability);
             for (i, cand) in d.candidates.iter().enumerate() {
                 c.finite(&format!("data.candidates[{i}].score"), cand.score);
@@ -259,7 +277,7 @@ pub fn validate_event(e: &Event) -> Result<(), ValidationError> {
         Data::ThinkingBudget(_) | Data::AgentStatus(_) => {}
         Data::Validation(d) => {
             c.unit("data.compliance_score", d.compliance_score);
-            c.duration("data.duration_ms", d.duration_ms);
+            c.millis("data.duration_ms", d.duration_ms);
         }
         Data::Custom(d) => {
             for (k, v) in &d.metrics {
