@@ -4,7 +4,8 @@
 #     (Debian's nats-server is 2.9, too old for the KV and object store we use);
 #   - influxd (Debian's influxdb, 1.x), alertmanager (Debian's prometheus-alertmanager) and
 #     chromium (Debian's, for the HTML report's test), with apt when running as root.
-#   - the pinned Python statistics libraries libs/stats is checked against, into .tools/stats-venv.
+#   - the pinned Python statistics libraries libs/stats is checked against, into .tools/stats-venv;
+#   - kubernetes-validate, for the manifests' test, into .tools/k8s-venv.
 # Idempotent; prints what it does. Usage: deploy/local/prereqs.sh
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -72,6 +73,23 @@ if [ ! -x "$stats_venv/bin/python" ] || ! cmp -s "$stats_requirements" "$stats_v
 fi
 say "stats reference: $("$stats_venv/bin/python" -c 'from importlib.metadata import version as v
 print(", ".join(f"{p} {v(p)}" for p in ("numpy", "scipy", "statsmodels", "pymannkendall")))')"
+
+# The manifests' test (tests/tests/k8s_manifests.rs) renders k8s/ with kubectl and validates
+# it with the pinned kubernetes-validate, kept in its own venv.
+k8s_venv="$tools/k8s-venv"
+k8s_requirements="$root/tests/k8s/requirements.txt"
+if [ ! -x "$k8s_venv/bin/python" ] || ! cmp -s "$k8s_requirements" "$k8s_venv/requirements.txt"; then
+  say "installing tests/k8s/requirements.txt into .tools/k8s-venv"
+  [ -x "$k8s_venv/bin/python" ] || python3 -m venv "$k8s_venv"
+  PIP_ROOT_USER_ACTION=ignore "$k8s_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r "$k8s_requirements"
+  cp "$k8s_requirements" "$k8s_venv/requirements.txt"
+fi
+if command -v kubectl >/dev/null 2>&1; then
+  say "kubectl: $(kubectl version --client 2>/dev/null | head -1)"
+else
+  say "kubectl is missing: the manifests' test needs it on PATH (it renders k8s/ with kubectl kustomize)"
+fi
 
 # The test suite runs under cargo-nextest (one process per test: metrics and servers stay apart).
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -201,9 +201,98 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> R
     })
 }
 
+/// The command-line flag that prints what a binary declares about itself.
+pub const PRINT_CONFIG_KEYS: &str = "--print-config-keys";
+
+/// Every environment key `T` accepts as a scalar, with its default as the loader would read it
+/// back (`""` for an unset option, lists comma-separated): the default configuration serialised
+/// and flattened into `MODELPERF_<SECTION>__<KEY>` names. Empty maps and lists of tables have no
+/// environment form (they live in TOML files) and are left out.
+pub fn env_keys<T: Serialize + Default>() -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    fn flatten(prefix: &str, value: &serde_json::Value, out: &mut std::collections::BTreeMap<String, String>) {
+        use serde_json::Value;
+        let scalar = |v: &Value| match v {
+            Value::Null => Some(String::new()),
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Array(_) | Value::Object(_) => None,
+        };
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        format!("{ENV_PREFIX}{}", k.to_uppercase())
+                    } else {
+                        format!("{prefix}__{}", k.to_uppercase())
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            Value::Array(items) => {
+                if let Some(texts) = items.iter().map(scalar).collect::<Option<Vec<_>>>() {
+                    out.insert(prefix.to_string(), texts.join(","));
+                }
+            }
+            other => {
+                if let Some(text) = scalar(other) {
+                    out.insert(prefix.to_string(), text);
+                }
+            }
+        }
+    }
+    let value = serde_json::to_value(T::default())
+        .map_err(|e| ConfigError::Load(format!("the default configuration does not serialise: {e}")))?;
+    let mut out = std::collections::BTreeMap::new();
+    flatten("", &value, &mut out);
+    Ok(out)
+}
+
+/// What `modelperf-<service> --print-config-keys` prints: one JSON object with the binary's
+/// name, its HTTP port and paths (liveness, readiness, metrics) and every environment key with
+/// its default. Deployment manifests are checked against it.
+pub fn describe<T: Serialize + Default>(service: &str) -> Result<serde_json::Value, ConfigError> {
+    let keys = env_keys::<T>()?;
+    let port =
+        keys.get("MODELPERF_HTTP__LISTEN").and_then(|l| l.parse::<std::net::SocketAddr>().ok()).map(|a| a.port());
+    let paths = modelperf_telemetry::process::HTTP_PATHS;
+    Ok(serde_json::json!({
+        "binary": format!("modelperf-{service}"),
+        "http": {
+            "port": port,
+            "liveness": paths.liveness,
+            "readiness": paths.readiness,
+            "metrics": paths.metrics,
+        },
+        "env": keys,
+        "env_other": ["MODELPERF_CONFIG", "MODELPERF_LOG"],
+    }))
+}
+
+/// When the command line holds [`PRINT_CONFIG_KEYS`], prints [`describe`] and returns the exit
+/// code for `main` to return; otherwise `None`.
+pub fn print_config_keys_if_asked<T: Serialize + Default>(service: &str) -> Option<std::process::ExitCode> {
+    if !std::env::args().skip(1).any(|a| a == PRINT_CONFIG_KEYS) {
+        return None;
+    }
+    let text = describe::<T>(service).and_then(|d| {
+        serde_json::to_string_pretty(&d).map_err(|e| ConfigError::Load(format!("cannot print the keys: {e}")))
+    });
+    Some(match text {
+        Ok(text) => {
+            println!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("modelperf-{service}: {e}");
+            std::process::ExitCode::from(1)
+        }
+    })
+}
+
 /// `[http]`: where a service's `/healthz`, `/readyz` and `/metrics` listen
 /// (`MODELPERF_HTTP__LISTEN`; each service has its own default port).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Listen address; port 0 picks a free one.
@@ -306,6 +395,49 @@ mod tests {
             assert_eq!(c.nats.password.as_deref(), Some("123456"));
             assert_eq!(c.nats.token.as_deref(), Some("true"));
             assert_eq!(c.nats.user, None);
+            Ok(())
+        });
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(default)]
+    struct WithHttp {
+        nats: NatsConfig,
+        bus: BusConfig,
+        http: HttpConfig,
+    }
+
+    impl Default for WithHttp {
+        fn default() -> Self {
+            Self { nats: Default::default(), bus: Default::default(), http: HttpConfig::on(9199) }
+        }
+    }
+
+    #[test]
+    fn printed_keys_are_accepted_and_made_up_ones_are_not() {
+        let keys = env_keys::<WithHttp>().unwrap();
+        for expected in
+            ["MODELPERF_NATS__URL", "MODELPERF_NATS__CREDS_FILE", "MODELPERF_BUS__ACK_WAIT", "MODELPERF_HTTP__LISTEN"]
+        {
+            assert!(keys.contains_key(expected), "{expected} missing from {keys:?}");
+        }
+        assert_eq!(keys["MODELPERF_BUS__ACK_WAIT"], "30s");
+        assert_eq!(keys["MODELPERF_HTTP__LISTEN"], "0.0.0.0:9199");
+        let described = describe::<WithHttp>("sample").unwrap();
+        assert_eq!(described["binary"], "modelperf-sample");
+        assert_eq!(described["http"]["port"], 9199);
+        assert_eq!(described["http"]["readiness"], "/readyz");
+        figment::Jail::expect_with(|jail| {
+            // Every printed key with a value, read back as its default: the names are the
+            // loader's and the printed defaults parse.
+            for (key, value) in keys.iter().filter(|(_, v)| !v.is_empty()) {
+                jail.set_env(key, value);
+            }
+            let loaded: WithHttp = load(None).unwrap();
+            assert_eq!(loaded, WithHttp::default());
+            jail.set_env("MODELPERF_BUS__NO_SUCH_KEY", "1");
+            let err = load::<WithHttp>(None).unwrap_err().to_string();
+            assert!(err.contains("no_such_key"), "{err}");
             Ok(())
         });
     }

@@ -149,9 +149,9 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(process::HTTP_PATHS.liveness, get(|| async { "ok\n" }))
+        .route(process::HTTP_PATHS.readiness, get(readyz))
+        .route(process::HTTP_PATHS.metrics, get(metrics))
         .with_state(HttpState { health, prometheus });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

@@ -7,6 +7,20 @@ use std::time::Duration;
 
 use crate::PrometheusHandle;
 
+/// The paths every service serves on its HTTP port.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpPaths {
+    /// Liveness: the process answers.
+    pub liveness: &'static str,
+    /// Readiness: connected, streams ensured, sinks reachable.
+    pub readiness: &'static str,
+    /// Prometheus text exposition.
+    pub metrics: &'static str,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, as [`crate::serve`] routes them.
+pub const HTTP_PATHS: HttpPaths = HttpPaths { liveness: "/healthz", readiness: "/readyz", metrics: "/metrics" };
+
 /// Longest drain after SIGTERM/SIGINT; Kubernetes' grace period is longer.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(25);
 

@@ -86,6 +86,16 @@ pub struct NatsServer {
     store: Option<tempfile::TempDir>,
     child: Option<Child>,
     binary: Option<PathBuf>,
+    /// A configuration file, its environment and the user the kit checks readiness as.
+    config: Option<ServerConfig>,
+}
+
+#[derive(Debug, Clone)]
+struct ServerConfig {
+    file: PathBuf,
+    env: Vec<(String, String)>,
+    user: String,
+    password: String,
 }
 
 impl NatsServer {
@@ -94,13 +104,32 @@ impl NatsServer {
     pub async fn start() -> anyhow::Result<Self> {
         if let Ok(url) = std::env::var("MODELPERF_TEST_NATS_URL") {
             check_running(&url).await?;
-            return Ok(Self { url, port: 0, store: None, child: None, binary: None });
+            return Ok(Self { url, port: 0, store: None, child: None, binary: None, config: None });
         }
         Self::spawn().await
     }
 
     /// Always starts a new server on a free port with a temporary store.
     pub async fn spawn() -> anyhow::Result<Self> {
+        Self::spawn_inner(None).await
+    }
+
+    /// Starts a new server with the configuration file `file` (included; address, ports and
+    /// store still come from the kit), `env` in its
+    /// environment (for `$VAR` references such as passwords), checking readiness as
+    /// `user`/`password`. The server logs to a file in its store: see [`Self::log`].
+    pub async fn spawn_with_config(
+        file: &Path,
+        env: &[(&str, &str)],
+        user: &str,
+        password: &str,
+    ) -> anyhow::Result<Self> {
+        let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let config = ServerConfig { file: file.to_owned(), env, user: user.to_owned(), password: password.to_owned() };
+        Self::spawn_inner(Some(config)).await
+    }
+
+    async fn spawn_inner(config: Option<ServerConfig>) -> anyhow::Result<Self> {
         let binary = find_binary("MODELPERF_NATS_SERVER", "nats-server")?;
         let out =
             Command::new(&binary).arg("--version").output().with_context(|| format!("running {}", binary.display()))?;
@@ -113,6 +142,7 @@ impl NatsServer {
             store: Some(store),
             child: None,
             binary: Some(binary),
+            config,
         };
         server.launch().await?;
         Ok(server)
@@ -122,16 +152,38 @@ impl NatsServer {
         let (Some(binary), Some(store)) = (&self.binary, &self.store) else {
             bail!("a reused server cannot be restarted by the test kit");
         };
-        let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(store.path())
+        let mut command = Command::new(binary);
+        if let Some(config) = &self.config {
+            // The server refuses a store directory given both in the file and on the command
+            // line, so a wrapper includes the file (next to it, includes are relative) and sets
+            // address, port, monitoring port and store after it.
+            std::fs::copy(&config.file, store.path().join("included.conf"))
+                .with_context(|| format!("copying {}", config.file.display()))?;
+            let wrapper = store.path().join("nats-server.conf");
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "include \"included.conf\"\nlisten: \"127.0.0.1:{port}\"\nhttp: \"127.0.0.1:{http}\"\n\
+                     jetstream {{ store_dir: \"{store}\" }}\n",
+                    port = self.port,
+                    http = free_port(),
+                    store = store.path().display()
+                ),
+            )?;
+            command.arg("-c").arg(wrapper).arg("-l").arg(store.path().join("nats-server.log"));
+            command.envs(config.env.iter().map(|(k, v)| (k, v)));
+        } else {
+            command.args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"]).arg(store.path());
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         self.child = Some(child);
         let url = self.url.clone();
-        eventually(Duration::from_secs(10), || async { check_running(&url).await.ok() })
+        let auth = self.config.as_ref().map(|c| (c.user.clone(), c.password.clone()));
+        eventually(Duration::from_secs(10), || async { check_running_as(&url, auth.clone()).await.ok() })
             .await
             .with_context(|| format!("nats-server did not come up on {url}"))?;
         Ok(())
@@ -140,6 +192,15 @@ impl NatsServer {
     /// The client URL.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// What the server logged so far (only for a server started with a configuration file,
+    /// which logs to a file; empty otherwise). Permission violations are logged here.
+    pub fn log(&self) -> String {
+        match (&self.config, &self.store) {
+            (Some(_), Some(store)) => std::fs::read_to_string(store.path().join("nats-server.log")).unwrap_or_default(),
+            _ => String::new(),
+        }
     }
 
     /// The server's process id (`None` for a reused server).
@@ -175,7 +236,16 @@ impl Drop for NatsServer {
 
 /// Connects to `url` and refuses a server older than 2.10 or without JetStream.
 pub async fn check_running(url: &str) -> anyhow::Result<()> {
-    let client = async_nats::ConnectOptions::new()
+    check_running_as(url, None).await
+}
+
+/// [`check_running`], authenticating as `(user, password)` when given.
+pub async fn check_running_as(url: &str, auth: Option<(String, String)>) -> anyhow::Result<()> {
+    let options = match auth {
+        Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let client = options
         .connection_timeout(Duration::from_secs(2))
         .connect(url)
         .await

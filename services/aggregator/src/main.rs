@@ -7,6 +7,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Some(code) = modelperf_bus::config::print_config_keys_if_asked::<modelperf_aggregator::Config>("aggregator")
+    {
+        return code;
+    }
     let config = || modelperf_aggregator::Config::load(modelperf_bus::config::config_file().as_deref());
     modelperf_telemetry::process::service_main("aggregator", config, |config, prometheus, shutdown| async move {
         let app = modelperf_aggregator::App::build(config, prometheus).await?;

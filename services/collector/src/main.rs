@@ -9,6 +9,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Some(code) = modelperf_bus::config::print_config_keys_if_asked::<modelperf_collector::Config>("collector") {
+        return code;
+    }
     // Both are configuration errors (exit 64): an invalid key, or a production profile without
     // a privacy key / a price catalog that cannot be read.
     let config = || {

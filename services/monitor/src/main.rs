@@ -7,6 +7,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Some(code) = modelperf_bus::config::print_config_keys_if_asked::<modelperf_monitor::Config>("monitor") {
+        return code;
+    }
     // The rules are configuration too: an invalid rule exits 64 like an invalid key.
     let config = || {
         let config = modelperf_monitor::Config::load(modelperf_bus::config::config_file().as_deref())?;
