@@ -194,8 +194,9 @@ pub struct HealthConfig {
     /// "leases without a holder" rule while the service runs (or has a `min_ready`). `{p}` in a
     /// key stands for every partition `0..bus.partitions`. The default is the contract's table:
     /// `aggregator = ["aggregator.p{p}", "aggregator.final"]`, `rl-pipeline = ["rl.p{p}"]`,
-    /// `analyzer = ["analyzer"]`, `monitor = ["monitor"]`; a service left out (or given `[]`)
-    /// is not checked. Add `"analyzer.reports"` to the analyzer's list where it runs reports.
+    /// `analyzer = ["analyzer", "analyzer.reports"]` (scheduled reports are on by default),
+    /// `monitor = ["monitor"]`; a service left out (or given `[]`) is not checked. Drop
+    /// `"analyzer.reports"` where the analyzer runs with `[reports] enabled = false`.
     pub leases: BTreeMap<String, Vec<String>>,
 }
 
@@ -204,7 +205,7 @@ pub fn default_leases() -> BTreeMap<String, Vec<String>> {
     [
         ("aggregator", &["aggregator.p{p}", "aggregator.final"][..]),
         ("rl-pipeline", &["rl.p{p}"][..]),
-        ("analyzer", &["analyzer"][..]),
+        ("analyzer", &["analyzer", "analyzer.reports"][..]),
         ("monitor", &["monitor"][..]),
     ]
     .into_iter()
@@ -526,10 +527,10 @@ match = { severity = "critical" }
             assert_eq!(Config::load(None).unwrap().monitor.health.leases, default_leases());
             jail.create_file(
                 "l.toml",
-                "[monitor.health.leases]\nanalyzer = [\"analyzer\", \"analyzer.reports\"]\nmonitor = []\n",
+                "[monitor.health.leases]\nanalyzer = [\"analyzer\"]\nmonitor = []\n",
             )?;
             let leases = Config::load(Some(std::path::Path::new("l.toml"))).unwrap().monitor.health.leases;
-            assert_eq!(leases["analyzer"], ["analyzer", "analyzer.reports"]);
+            assert_eq!(leases["analyzer"], ["analyzer"]);
             assert!(leases["monitor"].is_empty());
             assert_eq!(leases["aggregator"], default_leases()["aggregator"], "the other services keep the contract's");
             Ok(())
