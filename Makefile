@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run down test test-unit lint fmt schemas bench clean
+.PHONY: help run down test test-unit lint fmt schemas bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ schemas: ## regenerate schemas/ from the Rust types (review the diff)
 
 bench: ## collector vs identity drains, steady-state latency and memory (results: docs/BENCHMARKS.md)
 	@deploy/local/bench.sh
+
+fuzz: ## fuzz the decode-and-validate entry points, FUZZ_SECONDS each (default 600; docs/fuzzing.md)
+	@deploy/local/fuzz.sh
 
 clean: ## remove build output and local data
 	$(CARGO) clean
