@@ -99,6 +99,16 @@ pub enum Refused {
     /// The sketch inside does not decode.
     #[error("partial with a bad sketch: {0}")]
     BadSketch(String),
+    /// A value inside is NaN or infinite.
+    #[error("partial with an invalid state: {0}")]
+    BadState(String),
+}
+
+fn refused(e: crate::window::StateError) -> Refused {
+    match e {
+        crate::window::StateError::Sketch(e) => Refused::BadSketch(e.to_string()),
+        e @ crate::window::StateError::NotFinite(_) => Refused::BadState(e.to_string()),
+    }
 }
 
 /// The finaliser's pending windows and marks.
@@ -154,7 +164,7 @@ impl Finaliser {
         let Partial::Window { window, start, dims, state, partition, .. } = partial else { return Ok(()) };
         self.check_partition(*partition)?;
         let w = self.source(window)?;
-        let acc = Accumulator::from_state(state).map_err(|e| Refused::BadSketch(e.to_string()))?;
+        let acc = Accumulator::from_state(state).map_err(refused)?;
         if !self.is_final(&w, *start) {
             return self.fold(&w, *start, seq, dims.clone(), &acc);
         }
@@ -192,7 +202,7 @@ impl Finaliser {
             Partial::Window { window, partition, start, dims, state, .. } => {
                 self.check_partition(*partition)?;
                 let w = self.source(window)?;
-                let acc = Accumulator::from_state(state).map_err(|e| Refused::BadSketch(e.to_string()))?;
+                let acc = Accumulator::from_state(state).map_err(refused)?;
                 if !self.is_final(&w, *start) {
                     self.fold(&w, *start, seq, dims.clone(), &acc)?;
                     return Ok(Vec::new());

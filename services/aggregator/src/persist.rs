@@ -172,7 +172,7 @@ impl Persister {
                         }
                         Some((w, kv_revision)) => {
                             let mut full =
-                                Accumulator::from_state(&w.state).map_err(|e| corrupt(&key, format!("sketch: {e}")))?;
+                                Accumulator::from_state(&w.state).map_err(|e| corrupt(&key, e.to_string()))?;
                             full.merge(&delta).map_err(|e| corrupt(&key, format!("sketch: {e}")))?;
                             let next = Written { revision: w.revision + 1, seq, state: full.to_state() };
                             self.update(&key, &next, kv_revision).await?;
@@ -333,7 +333,7 @@ impl Persister {
         let mut metrics = Vec::with_capacity(committed.len());
         for (dims, w) in committed {
             let acc = Accumulator::from_state(&w.state)
-                .map_err(|e| corrupt(&window_key(window, start, dims), format!("sketch: {e}")))?;
+                .map_err(|e| corrupt(&window_key(window, start, dims), e.to_string()))?;
             metrics.push(acc.metrics(window.name(), start, end, w.revision, dims.clone()));
         }
         let points: Vec<Point> = metrics.iter().flat_map(points_of).collect();

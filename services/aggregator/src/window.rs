@@ -439,8 +439,28 @@ impl Accumulator {
         }
     }
 
-    /// Back from the wire; fails only on a sketch that does not decode.
-    pub fn from_state(s: &WindowState) -> Result<Self, modelperf_sketch::SketchError> {
+    /// Back from the wire; fails on a sketch that does not decode and on a value that is not
+    /// finite (NaN or infinite: our own states never hold one, so it is a corrupt or hostile
+    /// partial, and it would poison every merge after it).
+    pub fn from_state(s: &WindowState) -> Result<Self, StateError> {
+        let values = [
+            ("weighted_count", Some(s.weighted_count)),
+            ("success_weighted", Some(s.success_weighted)),
+            ("completions_weighted", Some(s.completions_weighted)),
+            ("latency_min", s.latency_min),
+            ("latency_max", s.latency_max),
+            ("latency_sum", Some(s.latency_sum)),
+            ("tokens_input", Some(s.tokens_input)),
+            ("tokens_output", Some(s.tokens_output)),
+            ("cost_usd", Some(s.cost_usd)),
+            ("quality_mean", Some(s.quality_mean)),
+            ("quality_m2", Some(s.quality_m2)),
+        ];
+        let named = values.iter().filter_map(|(name, v)| v.map(|v| (Cow::Borrowed(*name), v)));
+        let sums = s.sums.iter().map(|(name, v)| (Cow::Owned(format!("sums.{name}")), *v));
+        if let Some((field, _)) = named.chain(sums).find(|(_, v)| !v.is_finite()) {
+            return Err(StateError::NotFinite(field.into_owned()));
+        }
         let latency = if s.latency_sketch.is_empty() { Sketch::new() } else { Sketch::from_bytes(&s.latency_sketch)? };
         Ok(Self {
             count: s.count,
@@ -462,6 +482,17 @@ impl Accumulator {
             sums: Sums::from_map(&s.sums),
         })
     }
+}
+
+/// Why a window state from the wire (a partial, a persisted window) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Its latency sketch does not decode.
+    #[error("sketch: {0}")]
+    Sketch(#[from] modelperf_sketch::SketchError),
+    /// A value that is NaN or infinite, named by its field.
+    #[error("{0} is not finite")]
+    NotFinite(String),
 }
 
 #[cfg(test)]
@@ -512,6 +543,25 @@ mod tests {
         );
         e.model = Some(ModelRef::new("openai", "gpt-4o"));
         e
+    }
+
+    #[test]
+    fn a_state_with_a_value_that_is_not_finite_is_refused_by_name() {
+        let mut acc = Accumulator::default();
+        acc.add(&completion(100.0, true, 1.0, Some(0.01)));
+        let good = acc.to_state();
+        assert!(Accumulator::from_state(&good).is_ok());
+        let mut nan_sum = good.clone();
+        nan_sum.sums.insert("tool_calls".into(), f64::NAN);
+        let err = Accumulator::from_state(&nan_sum).unwrap_err();
+        assert!(matches!(&err, StateError::NotFinite(f) if f == "sums.tool_calls"), "{err}");
+        let mut inf_cost = good.clone();
+        inf_cost.cost_usd = f64::INFINITY;
+        let err = Accumulator::from_state(&inf_cost).unwrap_err();
+        assert!(matches!(&err, StateError::NotFinite(f) if f == "cost_usd"), "{err}");
+        let mut nan_min = good;
+        nan_min.latency_min = Some(f64::NAN);
+        assert!(matches!(Accumulator::from_state(&nan_min), Err(StateError::NotFinite(_))));
     }
 
     #[test]
