@@ -525,10 +525,7 @@ match = { severity = "critical" }
     fn the_expected_leases_are_configuration_over_the_contract() {
         figment::Jail::expect_with(|jail| {
             assert_eq!(Config::load(None).unwrap().monitor.health.leases, default_leases());
-            jail.create_file(
-                "l.toml",
-                "[monitor.health.leases]\nanalyzer = [\"analyzer\"]\nmonitor = []\n",
-            )?;
+            jail.create_file("l.toml", "[monitor.health.leases]\nanalyzer = [\"analyzer\"]\nmonitor = []\n")?;
             let leases = Config::load(Some(std::path::Path::new("l.toml"))).unwrap().monitor.health.leases;
             assert_eq!(leases["analyzer"], ["analyzer"]);
             assert!(leases["monitor"].is_empty());
