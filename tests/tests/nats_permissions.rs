@@ -7,7 +7,7 @@
 //! - a producer cannot publish to `perf.events.>`, read `rl.batches.>` or snoop other inboxes;
 //! - an RL job reads every batch through its own durable consumer, but cannot publish to any
 //!   `perf.>` or `rl.>` subject;
-//! - only an operator (and the monitor, counting dead letters by code) can read `PERF_DLQ`.
+//! - only an operator can read `PERF_DLQ`.
 //!
 //! Every negative check waits for the server's own permission error on that client (not a
 //! timeout, which could have another cause).
@@ -413,9 +413,9 @@ async fn every_user_can_do_its_work_and_nothing_else() {
     job.publish_denied("$JS.API.STREAM.CREATE.RL_BATCHES").await;
     job.dlq_denied().await;
 
-    // No service but the monitor reads the DLQ (they only write to it); the monitor counts
-    // dead letters by code with a headers-only consumer (deploy/nats/nats-server.conf).
-    for (user, _) in USERS[..5].iter().filter(|(user, _)| *user != "monitor") {
+    // No service reads the DLQ either (they only write to it; the monitor counts dead letters
+    // from the heartbeats).
+    for (user, _) in &USERS[..5] {
         Client::connect(&url, user, None).await.dlq_denied().await;
     }
 

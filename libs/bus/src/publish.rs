@@ -102,7 +102,11 @@ pub struct Origin<'a> {
 /// The contract's dead letter for a bad input: on `perf.dlq.<stage>`, id `dlq:<stream>:<seq>`,
 /// the original bytes (the first 256 KiB, with size and hash headers when larger), the code,
 /// the reason and the origin.
+///
+/// Each call is counted for the stage's heartbeat ([`modelperf_telemetry::dead_letters`]); a
+/// dead letter is built once per refused message, just before it is sent.
 pub fn dead_letter(stage: &str, origin: Origin<'_>, body: &[u8], code: ErrorCode, reason: &str) -> Outgoing {
+    modelperf_telemetry::dead_letters::record(stage, code.as_str());
     let mut headers = HeaderMap::new();
     headers.insert(dlq::ERROR, code.as_str());
     headers.insert(dlq::REASON, header_safe(reason).as_str());

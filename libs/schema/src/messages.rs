@@ -516,4 +516,9 @@ pub struct Heartbeat {
     /// Added in v1 without a version bump (older senders omit it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ready: Vec<String>,
+    /// Dead letters this instance has written since it started, by error code (a counter: the
+    /// monitor's DLQ-growth rule reads its increase, so no service but operators reads
+    /// `PERF_DLQ`). Added in v1 without a version bump (older senders omit it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dead_letters: BTreeMap<String, u64>,
 }

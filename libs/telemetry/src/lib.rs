@@ -10,6 +10,7 @@
 //! - [`process::service_main`]: a service process's start, exit codes and bounded drain.
 //! - [`http::client`]: an HTTP client builder with TLS ready.
 
+pub mod dead_letters;
 pub mod http;
 pub mod process;
 
@@ -225,6 +226,7 @@ pub fn heartbeat(
                     .iter()
                     .map(|m| m.split_once(": ").map_or(m.as_str(), |(name, _)| name).to_owned())
                     .collect(),
+                dead_letters: dead_letters::of_stage(&service),
             };
             match rmp_serde::to_vec_named(&beat) {
                 Ok(body) => {

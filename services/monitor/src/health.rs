@@ -7,7 +7,7 @@
 //! | `PipelineConsumerStalled` | `stream`, `consumer` | its oldest unacknowledged message is older than `lag_age` |
 //! | `PipelineConsumerAtMaxAckPending` | `stream`, `consumer` | its acknowledgements pending reach its `max_ack_pending` |
 //! | `PipelineInstancesLow` | `service` | fewer ready instances (heartbeats `perf.health.<service>.<instance>`) than `min_ready` |
-//! | `PipelineDeadLettersGrowing` | `stage`, `code` | more than `dlq_growth` dead letters of one stage and code within `dlq_window` |
+//! | `PipelineDeadLettersGrowing` | `stage`, `code` | more than `dlq_growth` dead letters of one stage and code within `dlq_window`, from the counters in the heartbeats (the monitor never reads `PERF_DLQ`) |
 //! | `PipelineInfluxWritesFailing` | `service`, `instance` | a live instance reports its `influx_write` check failing |
 //! | `PipelinePartitionUnowned` | `service`, `lease` | a lease of a running (or required) service has no holder |
 //!
@@ -18,11 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{Context, kv};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use modelperf_bus::{BusConfig, Topology, buckets, streams};
+use modelperf_bus::{BusConfig, Topology, buckets};
 use modelperf_schema::messages::{Heartbeat, Severity};
 use tokio_util::sync::CancellationToken;
 
@@ -125,15 +124,61 @@ struct Beat {
 #[derive(Debug, Clone)]
 pub struct Heartbeats {
     beats: Arc<Mutex<BTreeMap<(String, String), Beat>>>,
+    letters: Arc<Mutex<Letters>>,
     since: Instant,
+}
+
+/// The dead letters heartbeats report: each instance's counters as last heard, and the
+/// increases heard since the active checks last took them.
+#[derive(Debug, Default)]
+struct Letters {
+    last: BTreeMap<(String, String), BTreeMap<String, u64>>,
+    increases: VecDeque<DeadLetters>,
+}
+
+/// At most this many increases wait for the checks (a standby replica takes none).
+const MAX_INCREASES: usize = 10_000;
+
+impl Letters {
+    /// Takes `hb`'s counters: their increase over the last heard (an instance heard for the
+    /// first time counts from zero when it started after `since` — less a heartbeat, so its
+    /// first letters are not missed — and from its current counters otherwise, which were
+    /// counted before this monitor listened).
+    fn heard(&mut self, hb: &Heartbeat, at: DateTime<Utc>, since: DateTime<Utc>) {
+        let key = (hb.service.clone(), hb.instance.clone());
+        let new_instance = hb.started_at + chrono::TimeDelta::seconds(5) >= since;
+        let last = match self.last.get(&key) {
+            Some(last) => last.clone(),
+            None if new_instance => BTreeMap::new(),
+            None => hb.dead_letters.clone(),
+        };
+        for (code, n) in &hb.dead_letters {
+            let increase = n.saturating_sub(last.get(code).copied().unwrap_or(0));
+            if increase > 0 {
+                self.increases.push_back((at, hb.service.clone(), code.clone(), increase));
+            }
+        }
+        while self.increases.len() > MAX_INCREASES {
+            self.increases.pop_front();
+        }
+        self.last.insert(key, hb.dead_letters.clone());
+        if self.last.len() > 1_000 {
+            // Instance names change with every restart; forget the oldest arbitrarily (an
+            // instance forgotten and heard again counts from its counters then).
+            if let Some(first) = self.last.keys().next().cloned() {
+                self.last.remove(&first);
+            }
+        }
+    }
 }
 
 impl Heartbeats {
     /// Subscribes to `perf.health.>` until `stop`.
     pub async fn watch(client: &async_nats::Client, stop: CancellationToken) -> anyhow::Result<Self> {
         let mut sub = client.subscribe("perf.health.>").await?;
-        let me = Self { beats: Arc::default(), since: Instant::now() };
-        let beats = me.beats.clone();
+        let me = Self { beats: Arc::default(), letters: Arc::default(), since: Instant::now() };
+        let (beats, letters) = (me.beats.clone(), me.letters.clone());
+        let started = Utc::now();
         tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -141,6 +186,9 @@ impl Heartbeats {
                     m = sub.next() => match m { Some(m) => m, None => break },
                 };
                 let Ok(hb) = rmp_serde::from_slice::<Heartbeat>(&msg.payload) else { continue };
+                if let Ok(mut l) = letters.lock() {
+                    l.heard(&hb, Utc::now(), started);
+                }
                 let beat = Beat { at: Instant::now(), ready: hb.ready, not_ready: hb.not_ready };
                 if let Ok(mut b) = beats.lock() {
                     b.insert((hb.service, hb.instance), beat);
@@ -162,8 +210,8 @@ impl Heartbeats {
     }
 }
 
-/// One dead letter seen: when, stage, code.
-type DeadLetter = (DateTime<Utc>, String, String);
+/// Dead letters heard of: when, stage, code, how many.
+type DeadLetters = (DateTime<Utc>, String, String, u64);
 
 /// The health checks of the active replica.
 #[derive(Debug)]
@@ -174,9 +222,7 @@ pub struct Checks {
     partitions: u32,
     heartbeats: Heartbeats,
     leases: Option<kv::Store>,
-    dlq: Option<PullConsumer>,
-    dlq_next: Option<u64>,
-    dead_letters: VecDeque<DeadLetter>,
+    dead_letters: VecDeque<DeadLetters>,
     /// Pairs that were observed, so they are observed clear once their letters age out.
     dlq_known: BTreeSet<(String, String)>,
     influx_known: BTreeSet<(String, String)>,
@@ -207,8 +253,6 @@ impl Checks {
             partitions: bus.partitions,
             heartbeats,
             leases: None,
-            dlq: None,
-            dlq_next: None,
             dead_letters: VecDeque::new(),
             dlq_known: BTreeSet::new(),
             influx_known: BTreeSet::new(),
@@ -232,10 +276,7 @@ impl Checks {
             }
         }
         self.influx(&live, &mut out);
-        if let Err(e) = self.dead_letters(now, &mut out).await {
-            tracing::warn!(error = %e, "dead letters not counted");
-            self.dlq = None;
-        }
+        self.dead_letters(now, &mut out);
         out
     }
 
@@ -367,58 +408,18 @@ impl Checks {
         }
     }
 
-    /// Reads the headers of new dead letters and counts them per stage and code over the window.
-    async fn dead_letters(&mut self, now: DateTime<Utc>, out: &mut Vec<(String, Observation)>) -> anyhow::Result<()> {
-        if self.dlq.is_none() {
-            let stream = self.js.get_stream(streams::DLQ).await?;
-            let deliver_policy = match self.dlq_next {
-                Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq },
-                None => {
-                    let since = time::OffsetDateTime::now_utc() - self.cfg.dlq_window;
-                    DeliverPolicy::ByStartTime { start_time: since }
-                }
-            };
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    ack_policy: AckPolicy::None,
-                    headers_only: true,
-                    deliver_policy,
-                    inactive_threshold: Duration::from_secs(60),
-                    ..Default::default()
-                })
-                .await?;
-            self.dlq = Some(consumer);
-        }
-        let Some(consumer) = &self.dlq else { return Ok(()) };
-        loop {
-            let mut batch = consumer.fetch().max_messages(1_000).messages().await?;
-            let mut n = 0;
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(|e| anyhow::anyhow!("read dead letters: {e}"))?;
-                n += 1;
-                let Ok(info) = m.info() else { continue };
-                self.dlq_next = Some(info.stream_sequence + 1);
-                let at = DateTime::<Utc>::from_timestamp(info.published.unix_timestamp(), 0).unwrap_or(now);
-                let stage = m.subject.strip_prefix("perf.dlq.").unwrap_or(&m.subject).to_owned();
-                let code = m
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Modelperf-Error"))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_else(|| "unknown".to_owned());
-                self.dead_letters.push_back((at, stage, code));
-            }
-            if n < 1_000 {
-                break;
-            }
+    /// Counts the dead letters the heartbeats reported per stage and code over the window.
+    fn dead_letters(&mut self, now: DateTime<Utc>, out: &mut Vec<(String, Observation)>) {
+        if let Ok(mut letters) = self.heartbeats.letters.lock() {
+            self.dead_letters.extend(letters.increases.drain(..));
         }
         let horizon = now - chrono::TimeDelta::from_std(self.cfg.dlq_window).unwrap_or(chrono::TimeDelta::MAX);
-        while self.dead_letters.front().is_some_and(|(at, _, _)| *at < horizon) {
+        while self.dead_letters.front().is_some_and(|(at, _, _, _)| *at < horizon) {
             self.dead_letters.pop_front();
         }
         let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for (_, stage, code) in &self.dead_letters {
-            *counts.entry((stage.clone(), code.clone())).or_default() += 1;
+        for (_, stage, code, n) in &self.dead_letters {
+            *counts.entry((stage.clone(), code.clone())).or_default() += n;
         }
         let window = humantime::format_duration(self.cfg.dlq_window).to_string();
         for key in self.dlq_known.iter().chain(counts.keys()).cloned().collect::<BTreeSet<_>>() {
@@ -434,7 +435,6 @@ impl Checks {
         // Remembered, so an alert keeps being observed clear until it resolves (stage × code
         // is a small set).
         self.dlq_known.extend(counts.into_keys());
-        Ok(())
     }
 }
 
@@ -458,6 +458,32 @@ mod tests {
         assert_eq!(expected_leases(&leases, "analyzer", 4), ["analyzer"]);
         leases.insert("monitor".into(), Vec::new());
         assert!(expected_leases(&leases, "monitor", 1).is_empty(), "an empty list is not checked");
+    }
+
+    #[test]
+    fn dead_letters_are_the_increase_of_the_heartbeats_counters() {
+        let since: DateTime<Utc> = "2026-01-01T12:00:00Z".parse().unwrap();
+        let beat = |instance: &str, started: &str, counts: &[(&str, u64)]| Heartbeat {
+            service: "collector".into(),
+            instance: instance.into(),
+            version: "0".into(),
+            started_at: started.parse().unwrap(),
+            ready: true,
+            owned: Vec::new(),
+            not_ready: Vec::new(),
+            dead_letters: counts.iter().map(|(c, n)| ((*c).to_owned(), *n)).collect(),
+        };
+        let mut letters = Letters::default();
+        let at = since + chrono::TimeDelta::seconds(10);
+        // Running before the monitor listened: what it counted then is not new.
+        letters.heard(&beat("old", "2026-01-01T11:00:00Z", &[("schema", 40)]), at, since);
+        assert!(letters.increases.is_empty());
+        letters.heard(&beat("old", "2026-01-01T11:00:00Z", &[("schema", 43), ("too_large", 1)]), at, since);
+        // Started after: every letter is new.
+        letters.heard(&beat("new", "2026-01-01T12:00:01Z", &[("schema", 2)]), at, since);
+        letters.heard(&beat("new", "2026-01-01T12:00:01Z", &[("schema", 2)]), at, since);
+        let got: Vec<(String, u64)> = letters.increases.iter().map(|(_, _, c, n)| (c.clone(), *n)).collect();
+        assert_eq!(got, [("schema".to_owned(), 3), ("too_large".to_owned(), 1), ("schema".to_owned(), 2)]);
     }
 
     #[test]
