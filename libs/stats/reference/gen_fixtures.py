@@ -26,7 +26,8 @@ import statsmodels
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint, proportions_ztest
+from statsmodels.stats.proportion import (confint_proportions_2indep, proportion_confint,
+                                          proportions_ztest)
 
 
 def num(x):
@@ -84,8 +85,10 @@ def z_test_cases():
     with np.errstate(divide="ignore", invalid="ignore"):
         for name, xa, na, xb, nb in inputs:
             z, p = proportions_ztest([xa, xb], [na, nb])
+            low, high = confint_proportions_2indep(xa, na, xb, nb, method="newcomb", compare="diff",
+                                                   alpha=0.05)
             case = dict(name=name, successes_a=xa, n_a=na, successes_b=xb, n_b=nb,
-                        z=num(z), p_value=num(p))
+                        z=num(z), p_value=num(p), newcombe_low=num(low), newcombe_high=num(high))
             if case["z"] is None or case["p_value"] is None:
                 case["undefined"] = "pooled proportion 0 or 1: the reference returns NaN"
             cases.append(case)
@@ -111,11 +114,14 @@ def welch_cases():
             mean_a, std_a, mean_b, std_b = a.mean(), a.std(ddof=1), b.mean(), b.std(ddof=1)
             t, p = stats.ttest_ind_from_stats(mean_a, std_a, len(a), mean_b, std_b, len(b),
                                               equal_var=False)
-            df = stats.ttest_ind(a, b, equal_var=False).df
+            result = stats.ttest_ind(a, b, equal_var=False)
+            df = result.df
+            ci = result.confidence_interval(0.95)
             case = dict(name=name,
                         a=dict(mean=float(mean_a), std=float(std_a), n=len(a)),
                         b=dict(mean=float(mean_b), std=float(std_b), n=len(b)),
-                        t=num(t), df=num(df), p_value=num(p))
+                        t=num(t), df=num(df), p_value=num(p),
+                        ci_low=num(ci.low), ci_high=num(ci.high))
             if case["t"] is None or case["p_value"] is None:
                 case["undefined"] = "both variances zero: the reference returns NaN"
             cases.append(case)

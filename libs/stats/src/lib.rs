@@ -18,9 +18,10 @@
 //! ```
 //!
 //! Layout:
-//! - [`proportion`]: [`wilson_interval`], [`two_proportion_z_test`];
+//! - [`proportion`]: [`wilson_interval`], [`two_proportion_z_test`],
+//!   [`newcombe_difference_interval`];
 //! - [`moments`]: running [`Moments`] `{mean, m2, n}` and the t interval of a mean,
-//!   [`welch_t_test`];
+//!   [`welch_t_test`], [`welch_difference_interval`];
 //! - [`paired`]: [`mcnemar_exact`], [`mcnemar_chi_squared`], [`wilcoxon_signed_rank`],
 //!   [`paired_t_test`], for benchmark runs where two models answered the same cases;
 //! - [`multitest`]: [`holm`] and [`benjamini_hochberg`] adjusted p-values;
@@ -48,13 +49,13 @@ pub mod trend;
 pub use bootstrap::{Bootstrap, BootstrapInterval};
 pub use error::StatsError;
 pub use ipw::{IpwEstimate, Logged, ipw_mean, ipw_mean_self_normalised};
-pub use moments::{Moments, Summary, TTest, welch_t_test, welch_t_test_moments};
+pub use moments::{Moments, Summary, TTest, welch_difference_interval, welch_t_test, welch_t_test_moments};
 pub use multitest::{benjamini_hochberg, holm};
 pub use paired::{
     McNemar, Wilcoxon, WilcoxonMethod, discordant_counts, mcnemar_chi_squared, mcnemar_exact, paired_t_test,
     wilcoxon_signed_rank,
 };
-pub use proportion::{ZTest, two_proportion_z_test, wilson_interval};
+pub use proportion::{ZTest, newcombe_difference_interval, two_proportion_z_test, wilson_interval};
 pub use trend::{MannKendall, TheilSen, Trend, mann_kendall_hamed_rao, theil_sen, theil_sen_series};
 
 /// A confidence interval [low, high].

@@ -144,6 +144,23 @@ pub fn welch_t_test(a: &Summary, b: &Summary) -> Result<TTest, StatsError> {
     Ok(TTest { t, df, p_value: t_two_sided(t, df)? })
 }
 
+/// The Welch interval of the difference of two means, x̄ₐ − x̄_b, with the variance and the
+/// Welch–Satterthwaite degrees of freedom of [`welch_t_test`]:
+///
+/// ```text
+/// (x̄ₐ − x̄_b) ± t(1 − α/2, df) √(sₐ²/nₐ + s_b²/n_b)
+/// ```
+///
+/// Reference: `scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(confidence)`.
+pub fn welch_difference_interval(a: &Summary, b: &Summary, confidence: f64) -> Result<Interval, StatsError> {
+    let test = welch_t_test(a, b)?;
+    let half_alpha = half_alpha(confidence)?;
+    let se = ((a.std * a.std) / a.n as f64 + (b.std * b.std) / b.n as f64).sqrt();
+    let t = t_quantile(1.0 - half_alpha, test.df)?;
+    let d = a.mean - b.mean;
+    Ok(Interval { low: d - t * se, high: d + t * se })
+}
+
 /// [`welch_t_test`] on two sets of running moments.
 pub fn welch_t_test_moments(a: &Moments, b: &Moments) -> Result<TTest, StatsError> {
     let too_few =

@@ -12,8 +12,8 @@ use std::process::Command;
 
 use modelperf_stats::{
     Moments, StatsError, Summary, Trend, WilcoxonMethod, benjamini_hochberg, holm, mann_kendall_hamed_rao,
-    mcnemar_chi_squared, mcnemar_exact, paired_t_test, theil_sen, theil_sen_series, two_proportion_z_test,
-    welch_t_test, wilcoxon_signed_rank, wilson_interval,
+    mcnemar_chi_squared, mcnemar_exact, newcombe_difference_interval, paired_t_test, theil_sen, theil_sen_series,
+    two_proportion_z_test, welch_difference_interval, welch_t_test, wilcoxon_signed_rank, wilson_interval,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -75,6 +75,8 @@ struct ZCase {
     n_b: u64,
     z: Option<f64>,
     p_value: Option<f64>,
+    newcombe_low: Option<f64>,
+    newcombe_high: Option<f64>,
     undefined: Option<String>,
 }
 
@@ -93,6 +95,8 @@ struct WelchCase {
     t: Option<f64>,
     df: Option<f64>,
     p_value: Option<f64>,
+    ci_low: Option<f64>,
+    ci_high: Option<f64>,
     undefined: Option<String>,
 }
 
@@ -219,6 +223,10 @@ fn every_statistic_equals_the_reference() {
     }
 
     for case in &fixtures.two_proportion_z {
+        // The difference's interval exists even where the pooled test does not.
+        let diff = newcombe_difference_interval(case.successes_a, case.n_a, case.successes_b, case.n_b, 0.95).unwrap();
+        close(&case.name, "Newcombe low", diff.low, case.newcombe_low);
+        close(&case.name, "Newcombe high", diff.high, case.newcombe_high);
         let test = two_proportion_z_test(case.successes_a, case.n_a, case.successes_b, case.n_b);
         if case.undefined.is_some() {
             assert!(matches!(test, Err(StatsError::Undefined(_))), "{}: {test:?}", case.name);
@@ -232,10 +240,17 @@ fn every_statistic_equals_the_reference() {
     for case in &fixtures.welch {
         let group = |g: &Group| Summary { mean: g.mean, std: g.std, n: g.n };
         let test = welch_t_test(&group(&case.a), &group(&case.b));
+        let interval = welch_difference_interval(&group(&case.a), &group(&case.b), 0.95);
         if case.undefined.is_some() {
+            // The reference gives the zero-width interval at the difference; without a variance
+            // there is no t distribution to take it from, so ours is undefined like the test.
             assert!(matches!(test, Err(StatsError::Undefined(_))), "{}: {test:?}", case.name);
+            assert!(matches!(interval, Err(StatsError::Undefined(_))), "{}: {interval:?}", case.name);
             continue;
         }
+        let interval = interval.unwrap();
+        close(&case.name, "difference low", interval.low, case.ci_low);
+        close(&case.name, "difference high", interval.high, case.ci_high);
         let test = test.unwrap();
         close(&case.name, "t", test.t, case.t);
         close(&case.name, "df", test.df, case.df);
