@@ -25,37 +25,21 @@ use std::time::SystemTime;
 
 use modelperf_influx::{InfluxConfig, Point, Sink};
 use modelperf_testkit::Influx;
+use modelperf_testkit::grafana::{
+    BUILTIN_VARIABLES, FILTER_VARIABLES, Selection, Series, expand, named_columns, panels, queries, run,
+    structure_problems, variables_used,
+};
 use serde_json::Value;
-
-/// Variables Grafana defines itself (longest first: `$__interval_ms` before `$__interval`).
-const BUILTIN_VARIABLES: [&str; 4] = ["__interval_ms", "__rate_interval", "__interval", "timeFilter"];
-
-/// The template variables every InfluxQL dashboard defines and every InfluxQL query uses.
-const FILTER_VARIABLES: [&str; 3] = ["model", "task_type", "tenant"];
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Every dashboard file, by file name.
+/// Every dashboard file, by file name: the four of the project at least.
 fn dashboards() -> Vec<(String, Value)> {
-    let dir = root().join("deploy/grafana/dashboards");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 4, "the Overview, Model comparison, Cost and Pipeline health dashboards: {files:?}");
-    files
-        .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
-            (name, json)
-        })
-        .collect()
+    let all = modelperf_testkit::grafana::dashboards(&root().join("deploy/grafana/dashboards")).unwrap();
+    assert!(all.len() >= 4, "the Overview, Model comparison, Cost and Pipeline health dashboards: {all:?}");
+    all
 }
 
 /// The data sources the dev overlay provisions: uid → type (read from the provisioning file,
@@ -85,106 +69,15 @@ fn provisioned_datasources() -> BTreeMap<String, String> {
     found
 }
 
-/// Every panel, rows' nested panels included.
-fn panels(dashboard: &Value) -> Vec<&Value> {
-    let mut all = Vec::new();
-    for p in dashboard["panels"].as_array().unwrap() {
-        all.push(p);
-        all.extend(p["panels"].as_array().into_iter().flatten());
-    }
-    all
-}
-
-/// A query of a dashboard: where it is, its data source and its text.
-struct Query {
-    dashboard: String,
-    panel: String,
-    datasource_type: String,
-    datasource_uid: String,
-    text: String,
-    /// A templating query (`SHOW TAG VALUES ...`) rather than a panel's.
-    templating: bool,
-}
-
-fn queries(name: &str, dashboard: &Value) -> Vec<Query> {
-    let ds = |v: &Value| (v["type"].as_str().unwrap_or("").to_owned(), v["uid"].as_str().unwrap_or("").to_owned());
-    let mut out = Vec::new();
-    for p in panels(dashboard) {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            let source = if t["datasource"].is_object() { &t["datasource"] } else { &p["datasource"] };
-            let (datasource_type, datasource_uid) = ds(source);
-            let text = t["query"].as_str().or_else(|| t["expr"].as_str()).unwrap_or("").to_owned();
-            let panel = p["title"].as_str().unwrap_or("").to_owned();
-            out.push(Query {
-                dashboard: name.to_owned(),
-                panel,
-                datasource_type,
-                datasource_uid,
-                text,
-                templating: false,
-            });
-        }
-    }
-    for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
-        if v["type"] == "query" {
-            let (datasource_type, datasource_uid) = ds(&v["datasource"]);
-            let text = v["query"].as_str().or_else(|| v["query"]["query"].as_str()).unwrap_or("").to_owned();
-            let panel = format!("variable {}", v["name"].as_str().unwrap_or(""));
-            out.push(Query {
-                dashboard: name.to_owned(),
-                panel,
-                datasource_type,
-                datasource_uid,
-                text,
-                templating: true,
-            });
-        }
-    }
-    out
-}
-
-/// The `$names` a query uses.
-fn variables_used(text: &str) -> BTreeSet<String> {
-    let mut used = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        rest = &rest[at + 1..];
-        let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-        if !name.is_empty() {
-            used.insert(name);
-        }
-    }
-    used
-}
-
 #[test]
 fn dashboards_are_grafana_dashboards_on_provisioned_datasources() {
     let sources = provisioned_datasources();
     let mut uids = BTreeSet::new();
     for (name, d) in dashboards() {
-        assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 39), "{name}: schemaVersion of Grafana 10.3 or newer");
-        assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "{name}: title");
+        let problems = structure_problems(&name, &d);
+        assert!(problems.is_empty(), "{problems:#?}");
         assert!(uids.insert(d["uid"].as_str().unwrap().to_owned()), "{name}: uid is unique");
-        assert!(d["templating"]["list"].is_array(), "{name}: templating.list");
         let all = panels(&d);
-        assert!(!all.is_empty(), "{name}: panels");
-        let ids: Vec<u64> = all.iter().map(|p| p["id"].as_u64().unwrap()).collect();
-        assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), ids.len(), "{name}: unique panel ids {ids:?}");
-        for p in &all {
-            let title = p["title"].as_str().unwrap();
-            assert!(
-                p["gridPos"]["w"].as_u64().is_some() && p["gridPos"]["h"].as_u64().is_some(),
-                "{name}: {title}: gridPos"
-            );
-            if p["type"] != "text" && p["type"] != "row" {
-                assert!(p["targets"].as_array().is_some_and(|t| !t.is_empty()), "{name}: {title}: targets");
-            }
-            for t in p["targets"].as_array().into_iter().flatten() {
-                if p["datasource"]["type"] == "influxdb" || t["datasource"]["type"] == "influxdb" {
-                    assert_eq!(t["rawQuery"], true, "{name}: {title}: InfluxQL as written (rawQuery)");
-                }
-            }
-        }
 
         let defined: BTreeSet<String> = d["templating"]["list"]
             .as_array()
@@ -441,119 +334,6 @@ fn points(t: i64) -> Vec<Point> {
 // ---------------------------------------------------------------------------------------------
 // Running the dashboards' queries.
 
-/// How Grafana fills the variables in: the values Grafana puts for `$model`, `$task_type` and
-/// `$tenant` (regex-escaped; several values as `(a|b)`; All as the variables' `allValue`).
-struct Selection {
-    name: &'static str,
-    model: String,
-    task_type: String,
-    tenant: String,
-}
-
-/// Grafana's escaping of a variable's value inside an InfluxQL regex.
-fn regex_escape(value: &str) -> String {
-    value.chars().fold(String::new(), |mut s, c| {
-        if "\\^$*+?.()|[]{}/".contains(c) {
-            s.push('\\');
-        }
-        s.push(c);
-        s
-    })
-}
-
-fn several(values: &[&str]) -> String {
-    format!("({})", values.iter().map(|v| regex_escape(v)).collect::<Vec<_>>().join("|"))
-}
-
-/// The query as Grafana sends it for the range `[from, to)` (epoch seconds), 1 min buckets.
-fn expand(text: &str, selection: &Selection, from: i64, to: i64) -> String {
-    // Grafana's $timeFilter: the range in epoch milliseconds, its end inclusive.
-    let time_filter = format!("time >= {}ms and time <= {}ms", from * 1_000, to * 1_000 - 1);
-    text.replace("$timeFilter", &time_filter)
-        .replace("$__interval_ms", "60000")
-        .replace("$__interval", "1m")
-        .replace("$model", &selection.model)
-        .replace("$task_type", &selection.task_type)
-        .replace("$tenant", &selection.tenant)
-}
-
-/// One series of an answer.
-#[derive(Debug)]
-struct Series {
-    tags: BTreeMap<String, String>,
-    columns: Vec<String>,
-    /// Rows: time (epoch seconds; absent for SHOW queries) and the other columns by name.
-    rows: Vec<(Option<i64>, BTreeMap<String, Value>)>,
-}
-
-async fn run(influx: &Influx, db: &str, q: &str) -> Vec<Series> {
-    let reply = modelperf_telemetry::http::client()
-        .build()
-        .unwrap()
-        .get(format!("{}/query", influx.url()))
-        .query(&[("q", q), ("db", db), ("epoch", "s")])
-        .send()
-        .await
-        .unwrap();
-    let status = reply.status();
-    let body: Value = reply.json().await.unwrap();
-    assert!(status.is_success(), "{status} for\n{q}\n{body}");
-    let result = &body["results"][0];
-    assert!(result.get("error").is_none(), "{q}\n{body}");
-    let mut out = Vec::new();
-    for series in result["series"].as_array().into_iter().flatten() {
-        let tags = series["tags"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-            .collect();
-        let columns: Vec<String> =
-            series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
-        let rows = series["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|values| {
-                let mut time = None;
-                let mut named = BTreeMap::new();
-                for (column, value) in columns.iter().zip(values.as_array().unwrap()) {
-                    if column == "time" {
-                        time = value.as_i64();
-                    } else {
-                        named.insert(column.clone(), value.clone());
-                    }
-                }
-                (time, named)
-            })
-            .collect();
-        out.push(Series { tags, columns, rows });
-    }
-    out
-}
-
-/// The names of the outer `SELECT`'s columns (`AS "name"` outside parentheses, before the
-/// outer `FROM`), with `time` first, or `key`, `value` for `SHOW TAG VALUES`.
-fn named_columns(query: &str) -> Vec<String> {
-    if query.starts_with("SHOW TAG VALUES") {
-        return vec!["key".to_owned(), "value".to_owned()];
-    }
-    let mut depth = 0;
-    let mut outer = String::new();
-    for c in query.chars() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            _ if depth == 0 => outer.push(c),
-            _ => {}
-        }
-    }
-    let select = &outer[..outer.find(" FROM ").unwrap()];
-    let mut columns = vec!["time".to_owned()];
-    columns.extend(select.split(" AS \"").skip(1).map(|rest| rest[..rest.find('"').unwrap()].to_owned()));
-    columns
-}
-
 fn number(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("a number, got {v}"))
 }
@@ -691,19 +471,14 @@ async fn every_influxql_query_runs_on_the_pipelines_data() {
     assert_eq!(sink.write("1m", &seeded).await.unwrap().points, seeded.len());
     let (from, to) = (t, t + 180);
 
-    let all = Selection { name: "All", model: ".*".into(), task_type: ".*".into(), tenant: ".*".into() };
-    let every_value = Selection {
-        name: "every value selected",
-        model: several(&["claude-sonnet-4", "gpt-4o"]),
-        task_type: several(&["code_edit", "summarize"]),
-        tenant: several(&["acme", "globex"]),
-    };
-    let one = Selection {
-        name: "gpt-4o, code_edit, acme",
-        model: regex_escape("gpt-4o"),
-        task_type: regex_escape("code_edit"),
-        tenant: regex_escape("acme"),
-    };
+    let all = Selection::all();
+    let every_value = Selection::of(
+        "every value selected",
+        &["claude-sonnet-4", "gpt-4o"],
+        &["code_edit", "summarize"],
+        &["acme", "globex"],
+    );
+    let one = Selection::of("gpt-4o, code_edit, acme", &["gpt-4o"], &["code_edit"], &["acme"]);
 
     let (mut ran, mut valued) = (0, 0);
     for (name, d) in dashboards() {
@@ -712,7 +487,7 @@ async fn every_influxql_query_runs_on_the_pipelines_data() {
             for selection in [&all, &every_value, &one] {
                 let at = format!("{}: {} ({})", q.dashboard, q.panel, selection.name);
                 let sent = expand(&q.text, selection, from, to);
-                let answer = run(&influx, &db, &sent).await;
+                let answer = run(&influx, &db, &sent).await.unwrap();
                 assert!(!answer.is_empty(), "{at}: no series for\n{sent}");
                 for series in &answer {
                     assert_eq!(series.columns, columns, "{at}: columns");
@@ -755,7 +530,7 @@ async fn every_influxql_query_runs_on_the_pipelines_data() {
         .into_iter()
         .find(|q| q.panel == "Cost per task by model, version and task type")
         .unwrap();
-    let answer = run(&influx, &db, &expand(&cost.text, &one, from, to)).await;
+    let answer = run(&influx, &db, &expand(&cost.text, &one, from, to)).await.unwrap();
     let want: Expected = vec![
         (
             vec![("model", "gpt-4o"), ("model_version", "2024-08-06"), ("task_type", "code_edit")],

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod grafana;
+
 /// The oldest NATS server the project supports.
 pub const MIN_NATS: (u32, u32) = (2, 10);
 
