@@ -3,8 +3,9 @@
 //! A known workload of raw events — four models (two versions of one, one without a price),
 //! three task types (`summarize` sampled at 1/4), two tenants, successes and failures, known
 //! latencies, tokens priced by a price catalog the test writes, judgments with quality scores
-//! by a priced and an unpriced judge, started tasks — spread over three fixed minutes twenty
-//! minutes ago, is published to `perf.raw.<kind>` and goes through the collector (validation,
+//! by a priced and an unpriced judge, started tasks, one model absent from the last minute, and
+//! a bulk of one model so each window's percentiles fall on ranks of their own — spread over
+//! three fixed minutes twenty minutes ago (1875 raw events), is published to `perf.raw.<kind>` and goes through the collector (validation,
 //! pricing, sampling, privacy) and the aggregator (`1m` windows, 1 s allowed lateness) running
 //! in this process against a real nats-server and a real InfluxDB 1.x. Then every InfluxQL
 //! panel and templating query of `deploy/grafana/dashboards/` runs under Grafana's expansions
@@ -48,6 +49,7 @@ use tokio::task::JoinHandle;
 
 const PARTITIONS: u32 = 2;
 const TASKS: usize = 150;
+const BULK: usize = 600;
 const MINUTE: i64 = 60;
 
 /// (provider, name, version) of the models that do the work.
@@ -118,15 +120,30 @@ fn model_ref((provider, name, version): (&str, &str, Option<&str>)) -> ModelRef 
 }
 
 /// The raw workload: per task a start, a completion and, for every second task, a judgment,
-/// all inside `[t, t + 3 min)`.
+/// all inside `[t, t + 3 min)`: [`TASKS`] mixed tasks and a bulk of [`BULK`].
 fn workload(t: DateTime<Utc>) -> Vec<Event> {
     let mut events = Vec::new();
-    for i in 0..TASKS {
-        let started = t + chrono::Duration::milliseconds(i as i64 * 1_200);
+    for i in 0..TASKS + BULK {
+        // The bulk: one model and tenant, half code_edit and half summarize, a hundred tasks of
+        // each a minute, so per-window percentiles have ranks of their own.
+        let bulk = i >= TASKS;
+        let started = if bulk {
+            t + chrono::Duration::milliseconds((i - TASKS) as i64 * 180_000 / BULK as i64)
+        } else {
+            t + chrono::Duration::milliseconds(i as i64 * 1_200)
+        };
         let task = format!("task-{i}");
-        let model = model_ref(MODELS[i % 4]);
-        let task_type = TASK_TYPES[(i / 4) % 3];
-        let tenant = TENANTS[(i / 3) % 2];
+        // claude works in the first two minutes only: empty minutes of a series, filled with 0
+        // or left out as each panel says.
+        let model = model_ref(
+            MODELS[match i % 4 {
+                _ if bulk => 0,
+                2 if i >= 100 => 1,
+                m => m,
+            }],
+        );
+        let task_type = if bulk { TASK_TYPES[i % 2] } else { TASK_TYPES[(i / 4) % 3] };
+        let tenant = if bulk { TENANTS[0] } else { TENANTS[(i / 3) % 2] };
         // A log-spread, deterministic latency from 40 ms to 40 s.
         let u = ((i as u64).wrapping_mul(2_654_435_761) % 10_000) as f64 / 10_000.0;
         let latency = 40.0 * 1_000f64.powf(u);
