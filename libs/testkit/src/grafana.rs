@@ -120,37 +120,27 @@ pub struct Query {
 
 /// Every panel target's and every query variable's query of a dashboard.
 pub fn queries(name: &str, dashboard: &Value) -> Vec<Query> {
-    let ds = |v: &Value| (v["type"].as_str().unwrap_or("").to_owned(), v["uid"].as_str().unwrap_or("").to_owned());
+    let query = |source: &Value, panel: String, text: Option<&str>, templating: bool| Query {
+        dashboard: name.to_owned(),
+        panel,
+        datasource_type: source["type"].as_str().unwrap_or("").to_owned(),
+        datasource_uid: source["uid"].as_str().unwrap_or("").to_owned(),
+        text: text.unwrap_or("").to_owned(),
+        templating,
+    };
     let mut out = Vec::new();
     for p in panels(dashboard) {
         for t in p["targets"].as_array().into_iter().flatten() {
             let source = if t["datasource"].is_object() { &t["datasource"] } else { &p["datasource"] };
-            let (datasource_type, datasource_uid) = ds(source);
-            let text = t["query"].as_str().or_else(|| t["expr"].as_str()).unwrap_or("").to_owned();
-            let panel = p["title"].as_str().unwrap_or("").to_owned();
-            out.push(Query {
-                dashboard: name.to_owned(),
-                panel,
-                datasource_type,
-                datasource_uid,
-                text,
-                templating: false,
-            });
+            let text = t["query"].as_str().or_else(|| t["expr"].as_str());
+            out.push(query(source, p["title"].as_str().unwrap_or("").to_owned(), text, false));
         }
     }
     for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
         if v["type"] == "query" {
-            let (datasource_type, datasource_uid) = ds(&v["datasource"]);
-            let text = v["query"].as_str().or_else(|| v["query"]["query"].as_str()).unwrap_or("").to_owned();
+            let text = v["query"].as_str().or_else(|| v["query"]["query"].as_str());
             let panel = format!("variable {}", v["name"].as_str().unwrap_or(""));
-            out.push(Query {
-                dashboard: name.to_owned(),
-                panel,
-                datasource_type,
-                datasource_uid,
-                text,
-                templating: true,
-            });
+            out.push(query(&v["datasource"], panel, text, true));
         }
     }
     out
