@@ -666,8 +666,8 @@ async fn every_influxql_panel_shows_the_workload_seeded_through_the_pipeline() {
         .ensure(&js)
         .await
         .unwrap();
-    let prices = std::env::temp_dir().join(format!("modelperf-dashboards-{}.toml", uuid_suffix()));
-    std::fs::write(&prices, catalog_toml()).unwrap();
+    let prices = Removed(std::env::temp_dir().join(format!("modelperf-dashboards-{}.toml", uuid_suffix())));
+    std::fs::write(&prices.0, catalog_toml()).unwrap();
 
     // Three whole minutes, twenty minutes ago: past, well inside the revision age.
     let now = Utc::now().timestamp();
@@ -686,7 +686,7 @@ async fn every_influxql_panel_shows_the_workload_seeded_through_the_pipeline() {
     assert!(rows.values().any(|w| w.unpriced > 0) && rows.values().any(|w| w.cost.is_some()));
 
     // Producer → collector: every kept event cleaned onto PERF_EVENTS.
-    let collector = collector(nats.url(), &prices).await;
+    let collector = collector(nats.url(), &prices.0).await;
     let publisher = Publisher::new(nats.client().await.unwrap(), "test.producer");
     publisher.publish_all(&events).await.unwrap();
     eventually(Duration::from_secs(60), || async {
@@ -765,7 +765,15 @@ async fn every_influxql_panel_shows_the_workload_seeded_through_the_pipeline() {
 
     aggregator.stop("aggregator").await;
     collector.stop("collector").await;
-    let _ = std::fs::remove_file(&prices);
+}
+
+/// A file removed when the test ends, failed or not.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn uuid_suffix() -> String {
