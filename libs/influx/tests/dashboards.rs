@@ -18,6 +18,9 @@
 //!
 //! The test lives beside `queries.rs` because it needs what that one needs (the sink, the test
 //! kit's InfluxDB) and nothing else; the dashboards are files of the repository, read from it.
+//! Loading them, Grafana's expansions and running a query are `modelperf_testkit::grafana`,
+//! shared with `tests/tests/dashboards.rs`, which seeds InfluxDB through the collector and the
+//! aggregator instead and checks every panel's values.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
