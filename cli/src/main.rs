@@ -2,7 +2,7 @@
 //!
 //! Layout: `main.rs` parses the command line and connects; `load.rs` is the synthetic workload;
 //! `dlq.rs` lists and replays dead letters; `batches.rs` lists, tails and exports RL training
-//! batches; `report.rs` writes a report of a period.
+//! batches; `report.rs` writes a report of a period; `compare.rs` compares the models of a task type.
 
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 mod alerts;
 mod batches;
+mod compare;
 mod dlq;
 mod load;
 mod report;
@@ -49,6 +50,10 @@ enum Command {
     /// A report of a period (latency, success, quality, cost, Pareto front, anomalies) as HTML,
     /// Markdown or JSON; --publish also stores and announces it.
     Report(report::ReportArgs),
+    /// Compare the models of a task type over a period: success, latency, quality and cost with
+    /// intervals, corrected pairwise tests, a ranking in tiers, the Pareto front; --run compares
+    /// a benchmark run paired.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,6 +146,7 @@ async fn run(command: Command, config: Config, config_file: Option<&std::path::P
         Command::Batches(args) => batches::run(&js, &args).await?,
         Command::Alerts(args) => alerts::run(&js, &args).await?,
         Command::Report(args) => report::run(&js, &args).await?,
+        Command::Compare(args) => compare::run(&js, &args).await?,
         Command::Streams => {
             let topology = Topology::contract(&config.bus, config.nats.replicas);
             println!("{:<16} {:>12} {:>14}", "stream", "messages", "bytes");

@@ -13,6 +13,9 @@
 //! - [`detect`]: one series' checks and their open → resolved state machine;
 //! - [`analysis`]: every series, the frames that drive them, what a checkpoint holds;
 //! - [`trend`]: Mann–Kendall (Hamed–Rao) and Theil–Sen trends per series and metric;
+//! - [`compare`]: model comparison for a task type and period — observational (Wilson, bootstrap
+//!   percentiles, pairwise tests with Holm or Benjamini–Hochberg, tiers, Pareto front,
+//!   inverse-propensity weighting) and paired for benchmark runs (McNemar, Wilcoxon, paired t);
 //! - [`report`]: reports (Markdown, JSON, HTML with SVG charts), scheduled under the lease
 //!   `analyzer.reports`;
 //! - [`sim`]: simulated streams with injected changes (the detection benchmark);
@@ -20,6 +23,7 @@
 
 pub mod analysis;
 pub mod baseline;
+pub mod compare;
 pub mod config;
 pub mod detect;
 pub mod report;

@@ -179,20 +179,142 @@ pub fn model_label(dims: &BTreeMap<String, String>) -> Option<String> {
     Some(label)
 }
 
-#[derive(Default)]
-struct Acc {
-    completions: u64,
-    weighted: f64,
-    success: u64,
-    failure: u64,
-    quality: Moments,
-    sketch: Option<Sketch>,
-    buckets: BTreeMap<i64, Sketch>,
+/// What the windows of one model add up to: completions, success, quality, priced cost.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    pub completions: u64,
+    pub weighted: f64,
+    pub success: u64,
+    pub failure: u64,
+    pub quality: Moments,
     priced_cost: f64,
     priced_weighted: f64,
     priced_success_weighted: f64,
     any_priced: bool,
-    unpriced: u64,
+    pub unpriced: u64,
+}
+
+/// What [`Tally::fold`] made of a window's latency sketch.
+pub(crate) enum Latency {
+    /// A completion window's sketch.
+    Sketch(Sketch),
+    /// A completion window without one.
+    Missing,
+    /// A sketch that does not decode.
+    Bad,
+    /// Not a completion window.
+    None,
+}
+
+/// Counts of the windows left out of the latency figures, for the notes.
+#[derive(Debug, Default)]
+pub(crate) struct Left {
+    pub no_model: u64,
+    pub bad_sketch: u64,
+    pub no_sketch: u64,
+}
+
+impl Left {
+    pub fn count(&mut self, latency: &Latency) {
+        match latency {
+            Latency::Missing => self.no_sketch += 1,
+            Latency::Bad => self.bad_sketch += 1,
+            Latency::Sketch(_) | Latency::None => {}
+        }
+    }
+
+    pub fn notes(&self, notes: &mut Vec<String>) {
+        for (n, what) in [
+            (self.no_model, "windows name no model"),
+            (self.bad_sketch, "windows have a latency sketch that does not decode or merge"),
+            (self.no_sketch, "completion windows have no latency sketch"),
+        ] {
+            if n > 0 {
+                notes.push(format!("{n} {what}; left out of the latency figures"));
+            }
+        }
+    }
+}
+
+impl Tally {
+    /// Adds a window of the model (`task_completed` or `judgment`; other kinds add nothing).
+    pub fn fold(&mut self, m: &WindowMetrics) -> Latency {
+        match m.dims.get("kind").map(String::as_str) {
+            Some("task_completed") => {
+                self.completions += m.success + m.failure;
+                self.weighted += m.weighted_count;
+                self.success += m.success;
+                self.failure += m.failure;
+                self.unpriced += m.unpriced;
+                if m.unpriced == 0
+                    && let Some(cost) = m.cost_usd
+                {
+                    self.any_priced = true;
+                    self.priced_cost += cost;
+                    self.priced_weighted += m.weighted_count;
+                    self.priced_success_weighted += m.weighted_count * m.success_rate.unwrap_or(0.0);
+                }
+                if m.latency_sketch.is_empty() {
+                    return Latency::Missing;
+                }
+                Sketch::from_bytes(&m.latency_sketch).map_or(Latency::Bad, Latency::Sketch)
+            }
+            Some("judgment") => {
+                let n = m.quality_n;
+                if n > 0
+                    && let Some(mean) = m.quality_mean
+                {
+                    self.quality.merge(&Moments { n, mean, m2: m.quality_m2.unwrap_or(0.0) });
+                }
+                Latency::None
+            }
+            _ => Latency::None,
+        }
+    }
+
+    /// The success rate with its Wilson interval.
+    pub fn success_rate(&self) -> Option<Estimate> {
+        let n = self.success + self.failure;
+        let i = wilson_interval(self.success, n, CONFIDENCE).ok()?;
+        Some(Estimate { value: self.success as f64 / n as f64, low: i.low, high: i.high })
+    }
+
+    /// The mean judgment score with its t interval.
+    pub fn quality(&self) -> Option<Estimate> {
+        if self.quality.n == 0 {
+            return None;
+        }
+        // One judgment (or identical ones) has no interval: the point stands alone.
+        let i = self.quality.mean_interval(CONFIDENCE).ok();
+        let (low, high) = i.map_or((self.quality.mean, self.quality.mean), |i| (i.low, i.high));
+        Some(Estimate { value: self.quality.mean, low, high })
+    }
+
+    /// Cost of the fully priced windows.
+    pub fn cost_usd(&self) -> Option<f64> {
+        self.any_priced.then_some(self.priced_cost)
+    }
+
+    fn per(&self, den: f64) -> Option<f64> {
+        (self.any_priced && den > 0.0).then(|| self.priced_cost / den)
+    }
+
+    /// Cost per completion over the fully priced windows.
+    pub fn cost_per_task(&self) -> Option<f64> {
+        self.per(self.priced_weighted)
+    }
+
+    /// Cost per successful completion over the fully priced windows.
+    pub fn cost_per_success(&self) -> Option<f64> {
+        self.per(self.priced_success_weighted)
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    tally: Tally,
+    sketch: Option<Sketch>,
+    buckets: BTreeMap<i64, Sketch>,
 }
 
 /// Builds the report of a period. Never fails: what cannot be used is named in `notes`.
@@ -201,90 +323,33 @@ pub fn build(input: &Input) -> Report {
     if input.undecodable > 0 {
         notes.push(format!("{} messages did not decode and are left out", input.undecodable));
     }
-    // The highest revision of each window and series wins.
-    let mut latest: HashMap<(i64, &BTreeMap<String, String>), &WindowMetrics> = HashMap::new();
-    let mut outside = 0u64;
-    for m in &input.metrics {
-        if m.window != input.window {
-            continue;
-        }
-        if m.start < input.start || m.start >= input.end {
-            outside += 1;
-            continue;
-        }
-        let key = (m.start.timestamp(), &m.dims);
-        if latest.get(&key).is_none_or(|old| old.revision < m.revision) {
-            latest.insert(key, m);
-        }
-    }
-    let _ = outside; // windows of other periods are expected when reading by stream time
-    let window_secs = latest.values().map(|m| (m.end - m.start).num_seconds()).find(|s| *s > 0).unwrap_or(60);
+    let windows = latest_windows(&input.metrics, &input.window, input.start, input.end);
+    let window_secs = windows.iter().map(|m| (m.end - m.start).num_seconds()).find(|s| *s > 0).unwrap_or(60);
     let period_secs = (input.end - input.start).num_seconds().max(1);
     let max_points = input.max_points.max(2) as i64;
     let windows_in_period = (period_secs + window_secs - 1) / window_secs;
     let bucket_secs = window_secs * ((windows_in_period + max_points - 1) / max_points).max(1);
 
     let mut accs: BTreeMap<String, Acc> = BTreeMap::new();
-    let (mut no_model, mut bad_sketch, mut no_sketch) = (0u64, 0u64, 0u64);
-    let mut windows: Vec<&&WindowMetrics> = latest.values().collect();
-    windows.sort_by_key(|m| (m.start, m.dims.clone()));
+    let mut left = Left::default();
     for m in &windows {
         let Some(label) = model_label(&m.dims) else {
-            no_model += 1;
+            left.no_model += 1;
             continue;
         };
         let acc = accs.entry(label).or_default();
-        match m.dims.get("kind").map(String::as_str) {
-            Some("task_completed") => {
-                acc.completions += m.success + m.failure;
-                acc.weighted += m.weighted_count;
-                acc.success += m.success;
-                acc.failure += m.failure;
-                acc.unpriced += m.unpriced;
-                if m.unpriced == 0
-                    && let Some(cost) = m.cost_usd
-                {
-                    acc.any_priced = true;
-                    acc.priced_cost += cost;
-                    acc.priced_weighted += m.weighted_count;
-                    acc.priced_success_weighted += m.weighted_count * m.success_rate.unwrap_or(0.0);
-                }
-                if m.latency_sketch.is_empty() {
-                    no_sketch += 1;
-                    continue;
-                }
-                match Sketch::from_bytes(&m.latency_sketch) {
-                    Ok(s) => {
-                        let b = (m.start - input.start).num_seconds() / bucket_secs;
-                        let merged = acc.buckets.entry(b).or_default().merge(&s);
-                        let whole = acc.sketch.get_or_insert_with(Sketch::new).merge(&s);
-                        if merged.is_err() || whole.is_err() {
-                            bad_sketch += 1;
-                        }
-                    }
-                    Err(_) => bad_sketch += 1,
-                }
+        let latency = acc.tally.fold(m);
+        left.count(&latency);
+        if let Latency::Sketch(s) = latency {
+            let b = (m.start - input.start).num_seconds() / bucket_secs;
+            let merged = acc.buckets.entry(b).or_default().merge(&s);
+            let whole = acc.sketch.get_or_insert_with(Sketch::new).merge(&s);
+            if merged.is_err() || whole.is_err() {
+                left.bad_sketch += 1;
             }
-            Some("judgment") => {
-                let n = m.quality_n;
-                if n > 0
-                    && let Some(mean) = m.quality_mean
-                {
-                    acc.quality.merge(&Moments { n, mean, m2: m.quality_m2.unwrap_or(0.0) });
-                }
-            }
-            _ => {}
         }
     }
-    for (n, what) in [
-        (no_model, "windows name no model"),
-        (bad_sketch, "windows have a latency sketch that does not decode or merge"),
-        (no_sketch, "completion windows have no latency sketch"),
-    ] {
-        if n > 0 {
-            notes.push(format!("{n} {what}; left out of the latency figures"));
-        }
-    }
+    left.notes(&mut notes);
 
     let mut models: Vec<ModelReport> = accs
         .into_iter()
@@ -298,36 +363,25 @@ pub fn build(input: &Input) -> Report {
                     p99_ms: s.quantile(0.99)?,
                 })
             };
-            let success_rate = wilson_interval(acc.success, acc.success + acc.failure, CONFIDENCE).ok().map(|i| {
-                Estimate { value: acc.success as f64 / (acc.success + acc.failure) as f64, low: i.low, high: i.high }
-            });
-            let quality = if acc.quality.n == 0 {
-                None
-            } else {
-                // One judgment (or identical ones) has no interval: the point stands alone.
-                let i = acc.quality.mean_interval(CONFIDENCE).ok();
-                let (low, high) = i.map_or((acc.quality.mean, acc.quality.mean), |i| (i.low, i.high));
-                Some(Estimate { value: acc.quality.mean, low, high })
-            };
-            let per = |den: f64| (acc.any_priced && den > 0.0).then(|| acc.priced_cost / den);
+            let t = &acc.tally;
             ModelReport {
-                completions: acc.completions,
-                weighted_completions: acc.weighted,
-                success: acc.success,
-                failure: acc.failure,
-                success_rate,
-                quality,
-                quality_n: acc.quality.n,
+                completions: t.completions,
+                weighted_completions: t.weighted,
+                success: t.success,
+                failure: t.failure,
+                success_rate: t.success_rate(),
+                quality: t.quality(),
+                quality_n: t.quality.n,
                 latency: acc.sketch.as_ref().and_then(|s| percentiles(input.start, s)),
                 latency_series: acc
                     .buckets
                     .iter()
                     .filter_map(|(b, s)| percentiles(input.start + chrono::Duration::seconds(b * bucket_secs), s))
                     .collect(),
-                cost_usd: acc.any_priced.then_some(acc.priced_cost),
-                cost_per_task: per(acc.priced_weighted),
-                cost_per_success: per(acc.priced_success_weighted),
-                unpriced: acc.unpriced,
+                cost_usd: t.cost_usd(),
+                cost_per_task: t.cost_per_task(),
+                cost_per_success: t.cost_per_success(),
+                unpriced: t.unpriced,
                 pareto: false,
                 model,
             }
@@ -350,26 +404,50 @@ pub fn build(input: &Input) -> Report {
     }
 }
 
-/// Marks the models no other model dominates (at least the quality for at most the cost, better
-/// in one); returns them cheapest first. Models without both figures are not on it.
-fn pareto(models: &mut [ModelReport]) -> Vec<String> {
-    let points: Vec<(usize, f64, f64)> = models
-        .iter()
-        .enumerate()
-        .filter_map(|(i, m)| Some((i, m.quality?.value, m.cost_per_task?)))
-        .filter(|(_, q, c)| q.is_finite() && c.is_finite())
-        .collect();
+/// The windows of length `window` that start in `[start, end)`, the highest revision of each
+/// window and series, in (start, dimensions) order.
+pub(crate) fn latest_windows<'a>(
+    metrics: &'a [WindowMetrics],
+    window: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Vec<&'a WindowMetrics> {
+    let mut latest: HashMap<(i64, &BTreeMap<String, String>), &WindowMetrics> = HashMap::new();
+    // Windows of other periods are expected when reading by stream time: left out.
+    for m in metrics.iter().filter(|m| m.window == window && m.start >= start && m.start < end) {
+        let key = (m.start.timestamp(), &m.dims);
+        if latest.get(&key).is_none_or(|old| old.revision < m.revision) {
+            latest.insert(key, m);
+        }
+    }
+    let mut windows: Vec<&WindowMetrics> = latest.into_values().collect();
+    windows.sort_by(|a, b| (a.start, &a.dims).cmp(&(b.start, &b.dims)));
+    windows
+}
+
+/// The points `(index, quality, cost)` no other point dominates (at least the quality for at most
+/// the cost, better in one), cheapest first. Non-finite points are left out.
+pub(crate) fn pareto_front(points: &[(usize, f64, f64)]) -> Vec<usize> {
+    let points: Vec<_> = points.iter().filter(|(_, q, c)| q.is_finite() && c.is_finite()).collect();
     let mut front: Vec<(f64, usize)> = Vec::new();
-    for &(i, q, c) in &points {
-        let dominated = points.iter().any(|&(j, qj, cj)| j != i && qj >= q && cj <= c && (qj > q || cj < c));
+    for &&(i, q, c) in &points {
+        let dominated = points.iter().any(|&&(j, qj, cj)| j != i && qj >= q && cj <= c && (qj > q || cj < c));
         if !dominated {
             front.push((c, i));
         }
     }
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
-    front
+    front.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Marks the models on the quality-vs-cost Pareto front; returns them cheapest first. Models
+/// without both figures are not on it.
+fn pareto(models: &mut [ModelReport]) -> Vec<String> {
+    let points: Vec<(usize, f64, f64)> =
+        models.iter().enumerate().filter_map(|(i, m)| Some((i, m.quality?.value, m.cost_per_task?))).collect();
+    pareto_front(&points)
         .into_iter()
-        .map(|(_, i)| {
+        .map(|i| {
             models[i].pareto = true;
             models[i].model.clone()
         })

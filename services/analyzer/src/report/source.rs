@@ -68,6 +68,24 @@ pub async fn read_messages(
     filter: &str,
     since: Option<DateTime<Utc>>,
 ) -> anyhow::Result<Vec<jetstream::Message>> {
+    let mut out = Vec::new();
+    scan(js, stream, filter, since, |m| {
+        out.push(m);
+        Ok(())
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Like [`read_messages`], handing each message to `each` as it arrives instead of holding them
+/// all: for reads of many messages. Returns how many were read; an error of `each` ends the read.
+pub async fn scan(
+    js: &Context,
+    stream: &str,
+    filter: &str,
+    since: Option<DateTime<Utc>>,
+    mut each: impl FnMut(jetstream::Message) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
     let s = js.get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
     let deliver_policy = match since {
         Some(t) => consumer::DeliverPolicy::ByStartTime {
@@ -87,32 +105,39 @@ pub async fn read_messages(
         .await
         .with_context(|| format!("consumer on {stream}"))?;
     let pending = consumer.cached_info().num_pending as usize;
-    let mut out = Vec::with_capacity(pending);
     if pending == 0 {
-        return Ok(out);
+        return Ok(0);
     }
     let mut msgs = consumer.messages().await.with_context(|| format!("read {stream}"))?;
-    while out.len() < pending {
+    let mut read = 0;
+    while read < pending {
         match tokio::time::timeout(Duration::from_secs(30), msgs.next()).await {
-            Ok(Some(Ok(m))) => out.push(m),
+            Ok(Some(Ok(m))) => {
+                read += 1;
+                each(m)?;
+            }
             Ok(Some(Err(e))) => anyhow::bail!("reading {stream}: {e}"),
-            Ok(None) | Err(_) => anyhow::bail!("reading {stream}: got {} of {pending} messages", out.len()),
+            Ok(None) | Err(_) => anyhow::bail!("reading {stream}: got {read} of {pending} messages"),
         }
     }
-    Ok(out)
+    Ok(read)
 }
 
-fn decode_all<T: DeserializeOwned>(msgs: &[jetstream::Message]) -> (Vec<T>, u64) {
+/// Decodes a message body, MessagePack or JSON.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Option<T> {
+    modelperf_schema::from_msgpack::<T>(payload).or_else(|_| modelperf_schema::from_json(payload)).ok()
+}
+
+pub(crate) fn decode_all<T: DeserializeOwned>(msgs: &[jetstream::Message]) -> (Vec<T>, u64) {
     let mut bad = 0;
     let decoded = msgs
         .iter()
         .filter_map(|m| {
-            let r =
-                modelperf_schema::from_msgpack::<T>(&m.payload).or_else(|_| modelperf_schema::from_json(&m.payload));
-            if r.is_err() {
+            let r = decode::<T>(&m.payload);
+            if r.is_none() {
                 bad += 1;
             }
-            r.ok()
+            r
         })
         .collect();
     (decoded, bad)
