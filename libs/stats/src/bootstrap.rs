@@ -34,6 +34,20 @@ pub struct BootstrapInterval {
     /// Resamples whose statistic was defined (the closure returned a finite value); the
     /// quantiles are over these.
     pub resamples: usize,
+    /// The standard deviation of the resampled statistics: the bootstrap standard error.
+    pub standard_error: f64,
+}
+
+impl BootstrapInterval {
+    /// The one-sided p-value of the null hypothesis "the statistic is at most `null`", by the
+    /// normal approximation to the bootstrap distribution: P(Z ≥ (estimate − null) / standard
+    /// error). Unlike counting resamples below `null` it is not limited to multiples of
+    /// 1 / resamples, which matters once many such p-values are adjusted together. Bootstrap a
+    /// ratio on the log scale (its distribution is closer to normal there) and pass the log of
+    /// the null ratio. `None` when the standard error is 0 (every resample equal).
+    pub fn p_above(&self, null: f64) -> Option<f64> {
+        (self.standard_error > 0.0).then(|| crate::dist::normal_sf((self.estimate - null) / self.standard_error))
+    }
 }
 
 impl Bootstrap {
@@ -120,11 +134,16 @@ impl Bootstrap {
             return Err(StatsError::Undefined("the statistic is undefined on every resample"));
         }
         replicates.sort_by(f64::total_cmp);
+        let n = replicates.len() as f64;
+        let mean = replicates.iter().sum::<f64>() / n;
+        let variance =
+            if n > 1.0 { replicates.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
         Ok(BootstrapInterval {
             estimate,
             low: quantile_of_sorted(&replicates, half_alpha),
             high: quantile_of_sorted(&replicates, 1.0 - half_alpha),
             resamples: replicates.len(),
+            standard_error: variance.sqrt(),
         })
     }
 }
@@ -232,6 +251,21 @@ mod tests {
         }
         let coverage = covered as f64 / 200.0;
         assert!((0.87..=0.99).contains(&coverage), "coverage {coverage}");
+    }
+
+    /// The standard error is the spread of the resamples (for a mean, close to σ/√n), and the
+    /// one-sided p-value of a null far below the estimate is tiny, of the estimate itself ½.
+    #[test]
+    fn the_standard_error_and_the_one_sided_p_value() {
+        let mut rng = SplitMix64::new(5);
+        let data: Vec<f64> = (0..100).map(|_| 10.0 + 2.0 * rng.normal()).collect();
+        let ci = Bootstrap { resamples: 2000, confidence: 0.95, seed: 1 }.interval(&data, mean).unwrap();
+        assert!((ci.standard_error - 0.2).abs() < 0.04, "{ci:?}");
+        assert!(ci.p_above(ci.estimate - 1.0).unwrap() < 1e-4);
+        assert!((ci.p_above(ci.estimate).unwrap() - 0.5).abs() < 1e-12);
+        assert!(ci.p_above(ci.estimate + 1.0).unwrap() > 0.999);
+        let flat = Bootstrap::default().interval(&[3.0, 3.0, 3.0], mean).unwrap();
+        assert_eq!((flat.standard_error, flat.p_above(2.0)), (0.0, None));
     }
 
     #[test]

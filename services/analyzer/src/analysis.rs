@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AnalyzerConfig;
 use crate::detect::{Observation, Open, Series, slot_of};
+use crate::regression::{self, Periods};
 use crate::trend::{self, History};
+use modelperf_sketch::Sketch;
 
 /// Empty frames evaluated at most for one gap (a longer silence is as informative as this one).
 const MAX_GAP_FRAMES: i64 = 1_000;
@@ -38,17 +40,23 @@ pub struct Saved {
     pub open: Vec<(String, Open)>,
 }
 
+/// A series' window in the frame being filled: its dimensions, observation and latency sketch
+/// (kept when regressions are tested).
+type Pending = (BTreeMap<String, String>, Observation, Option<Sketch>);
+
 /// One analysed window length.
 #[derive(Debug)]
 struct Length {
     spec: WindowSpec,
     /// The frame being filled.
     current: Option<i64>,
-    /// Its observations so far.
-    pending: HashMap<String, (BTreeMap<String, String>, Observation)>,
+    /// Its observations so far, with their latency sketches when regressions are tested.
+    pending: HashMap<String, Pending>,
     series: HashMap<String, Series>,
     /// The trailing windows each series' trends are tested on.
     histories: HashMap<String, History>,
+    /// The blocks each series' regressions are tested on.
+    regressions: HashMap<String, Periods>,
     /// Recent frames and the stream sequence of their first message, oldest first.
     frames: VecDeque<(i64, u64)>,
 }
@@ -77,6 +85,7 @@ impl Analysis {
                     pending: HashMap::new(),
                     series: HashMap::new(),
                     histories: HashMap::new(),
+                    regressions: HashMap::new(),
                     frames: VecDeque::new(),
                 };
                 (w.name().to_owned(), length)
@@ -148,11 +157,15 @@ impl Analysis {
             Some(_) => {}
             None => length.open_frame(index, seq, config),
         }
-        length.pending.insert(key, (m.dims.clone(), obs));
+        // A sketch that does not decode leaves the window out of the latency regressions only.
+        let sketch = (config.regression_every > 0 && !m.latency_sketch.is_empty())
+            .then(|| Sketch::from_bytes(&m.latency_sketch).ok())
+            .flatten();
+        length.pending.insert(key, (m.dims.clone(), obs, sketch));
         changes
     }
 
-    /// The insights (trends) of the frames closed since the last call.
+    /// The insights (trends and regressions) of the frames closed since the last call.
     pub fn take_insights(&mut self) -> Vec<Insight> {
         std::mem::take(&mut self.insights)
     }
@@ -203,12 +216,17 @@ impl Length {
     fn open_frame(&mut self, index: i64, seq: u64, config: &AnalyzerConfig) {
         self.current = Some(index);
         self.frames.push_back((index, seq));
-        // A replay must rebuild the baselines and the trends' trailing windows.
-        let held = if config.trend_every > 0 {
-            config.baseline_windows.max(config.trend_windows)
-        } else {
-            config.baseline_windows
-        };
+        // A replay must rebuild the baselines, the trends' trailing windows and the regressions'
+        // periods.
+        let mut held = config.baseline_windows;
+        if config.trend_every > 0 {
+            held = held.max(config.trend_windows);
+        }
+        if config.regression_every > 0 {
+            // Both periods, and the block the oldest window shares with earlier ones.
+            let periods = config.regression_current + config.regression_baseline + config.regression_block;
+            held = held.max(usize::try_from(periods).unwrap_or(usize::MAX));
+        }
         while self.frames.len() > held + 1 {
             self.frames.pop_front();
         }
@@ -219,16 +237,16 @@ impl Length {
         let secs = self.spec.secs() as i64;
         let end = Utc.timestamp_opt((index + 1) * secs, 0).single().unwrap_or(DateTime::<Utc>::MAX_UTC);
         let name = self.spec.name().to_owned();
-        for (key, (dims, _)) in &self.pending {
+        for (key, (dims, _, _)) in &self.pending {
             self.series.entry(key.clone()).or_insert_with(|| Series::new(&name, dims.clone(), index));
         }
         let absent = Observation::default();
         for (key, series) in self.series.iter_mut() {
-            let obs = self.pending.get(key).map_or(&absent, |(_, o)| o);
+            let obs = self.pending.get(key).map_or(&absent, |(_, o, _)| o);
             changes.extend(series.evaluate(index, end, obs, config));
         }
         if config.trend_every > 0 {
-            for (key, (_, obs)) in &self.pending {
+            for (key, (_, obs, _)) in &self.pending {
                 self.histories.entry(key.clone()).or_default().record(index, obs, config);
             }
             let first = index + 1 - config.trend_windows as i64;
@@ -240,10 +258,22 @@ impl Length {
                 insights.extend(found);
             }
         }
+        if config.regression_every > 0 {
+            for (key, (_, obs, sketch)) in &self.pending {
+                self.regressions.entry(key.clone()).or_default().record(index, obs, sketch.as_ref(), config);
+            }
+            let first = index + 1 - config.regression_current - config.regression_baseline;
+            self.regressions.values_mut().for_each(|p| p.prune(first, config));
+            if (index + 1).rem_euclid(config.regression_every) == 0 {
+                let series = self.regressions.iter().filter_map(|(key, p)| self.series.get(key).map(|s| (&s.dims, p)));
+                insights.extend(regression::run(&name, secs, index, series, config));
+            }
+        }
         self.pending.clear();
         self.series.retain(|_, s| s.any_open() || (index - s.last_seen < config.forget_after && !s.is_empty()));
         let series = &self.series;
         self.histories.retain(|key, h| !h.is_empty() && series.contains_key(key));
+        self.regressions.retain(|key, p| !p.is_empty() && series.contains_key(key));
     }
 }
 

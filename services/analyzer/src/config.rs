@@ -106,6 +106,29 @@ pub struct AnalyzerConfig {
     /// Lags of the Hamed–Rao correction, 1..=this (0: every lag); 3 holds the level better on
     /// windows than every lag does (`docs/analyzer.md`) [3].
     pub trend_max_lag: usize,
+    /// Regressions are tested every this many windows, at window indices divisible by it (0:
+    /// never); a multiple of `regression_block` [60].
+    pub regression_every: i64,
+    /// The current period a regression test looks at, in windows; a multiple of
+    /// `regression_block` [60].
+    pub regression_current: i64,
+    /// The baseline it is compared with: this many windows just before the current period; a
+    /// multiple of `regression_block` [240].
+    pub regression_baseline: i64,
+    /// Consecutive windows merged into one unit of the latency bootstrap [5].
+    pub regression_block: i64,
+    /// Units with data each period needs before a metric is tested [6].
+    pub regression_min_units: usize,
+    /// The family-wise error rate (Holm, over every series × metric of a run) [0.05].
+    pub regression_alpha: f64,
+    /// A latency regression: the lower 95 % bound of the p95 ratio above this [1.15].
+    pub regression_latency_ratio: f64,
+    /// A success regression: significant and at least this much lower (a fraction) [0.02].
+    pub regression_success_points: f64,
+    /// A quality regression: significant and at least this much lower [0.02].
+    pub regression_quality_drop: f64,
+    /// Bootstrap resamples of the p95 ratio [1000].
+    pub regression_resamples: usize,
 }
 
 impl Default for AnalyzerConfig {
@@ -134,6 +157,16 @@ impl Default for AnalyzerConfig {
             trend_min_points: 12,
             trend_alpha: 0.05,
             trend_max_lag: 3,
+            regression_every: 60,
+            regression_current: 60,
+            regression_baseline: 240,
+            regression_block: 5,
+            regression_min_units: 6,
+            regression_alpha: 0.05,
+            regression_latency_ratio: 1.15,
+            regression_success_points: 0.02,
+            regression_quality_drop: 0.02,
+            regression_resamples: 1000,
         }
     }
 }
@@ -184,6 +217,43 @@ impl AnalyzerConfig {
         if !(t.trend_alpha > 0.0 && t.trend_alpha < 0.5) {
             return Err((key("trend_alpha"), "between 0 and 0.5".into()));
         }
+        if t.regression_block < 1 {
+            return Err((key("regression_block"), "at least 1 window".into()));
+        }
+        for (name, v) in [
+            ("regression_every", t.regression_every),
+            ("regression_current", t.regression_current),
+            ("regression_baseline", t.regression_baseline),
+        ] {
+            if v < 0 || v % t.regression_block != 0 || (v == 0 && name != "regression_every") {
+                return Err((
+                    key(name),
+                    format!("{v}: a positive multiple of regression_block ({})", t.regression_block),
+                ));
+            }
+        }
+        let units = (t.regression_current / t.regression_block).min(t.regression_baseline / t.regression_block);
+        if t.regression_min_units < 2 || t.regression_min_units as i64 > units {
+            return Err((
+                key("regression_min_units"),
+                format!("between 2 and the blocks of the shorter period ({units})"),
+            ));
+        }
+        if !(t.regression_alpha > 0.0 && t.regression_alpha < 0.5) {
+            return Err((key("regression_alpha"), "between 0 and 0.5".into()));
+        }
+        for (name, v, min) in [
+            ("regression_latency_ratio", t.regression_latency_ratio, 1.0),
+            ("regression_success_points", t.regression_success_points, 0.0),
+            ("regression_quality_drop", t.regression_quality_drop, 0.0),
+        ] {
+            if !(v.is_finite() && v >= min) {
+                return Err((key(name), format!("{v} must be a finite number of at least {min}")));
+            }
+        }
+        if t.regression_resamples < 100 {
+            return Err((key("regression_resamples"), "at least 100".into()));
+        }
         if !(t.throughput_ratio > 0.0 && t.throughput_ratio < 1.0) {
             return Err((key("throughput_ratio"), "between 0 and 1".into()));
         }
@@ -219,6 +289,12 @@ mod tests {
             jail.set_env("MODELPERF_ANALYZER__RESOLVE_SCORE", "2");
             jail.set_env("MODELPERF_ANALYZER__MIN_BASELINE", "500");
             assert!(Config::load(None).unwrap_err().to_string().contains("MIN_BASELINE"));
+            jail.set_env("MODELPERF_ANALYZER__MIN_BASELINE", "20");
+            jail.set_env("MODELPERF_ANALYZER__REGRESSION_CURRENT", "62");
+            assert!(Config::load(None).unwrap_err().to_string().contains("REGRESSION_CURRENT"));
+            jail.set_env("MODELPERF_ANALYZER__REGRESSION_CURRENT", "60");
+            jail.set_env("MODELPERF_ANALYZER__REGRESSION_MIN_UNITS", "13");
+            assert!(Config::load(None).unwrap_err().to_string().contains("REGRESSION_MIN_UNITS"));
             Ok(())
         });
     }

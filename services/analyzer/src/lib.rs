@@ -1,5 +1,5 @@
-//! `modelperf-analyzer`: anomalies and trends from the metrics windows (and, growing,
-//! regressions, comparisons and reports).
+//! `modelperf-analyzer`: anomalies, trends and regressions from the metrics windows; model
+//! comparisons and reports.
 //!
 //! One active replica holds the lease `analyzer` and reads `PERF_METRICS` in order; it keeps a
 //! robust baseline per series and metric, opens an anomaly when a window's evidence is strong
@@ -13,6 +13,8 @@
 //! - [`detect`]: one series' checks and their open → resolved state machine;
 //! - [`analysis`]: every series, the frames that drive them, what a checkpoint holds;
 //! - [`trend`]: Mann–Kendall (Hamed–Rao) and Theil–Sen trends per series and metric;
+//! - [`regression`]: each series' current period against its own baseline (bootstrap p95
+//!   ratio, z and Welch tests, Holm over a run), on a schedule;
 //! - [`compare`]: model comparison for a task type and period — observational (Wilson, bootstrap
 //!   percentiles, pairwise tests with Holm or Benjamini–Hochberg, tiers, Pareto front,
 //!   inverse-propensity weighting) and paired for benchmark runs (McNemar, Wilcoxon, paired t);
@@ -26,6 +28,7 @@ pub mod baseline;
 pub mod compare;
 pub mod config;
 pub mod detect;
+pub mod regression;
 pub mod report;
 pub mod service;
 pub mod sim;

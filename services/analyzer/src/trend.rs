@@ -211,7 +211,7 @@ pub fn run<'a>(
         }
         let rising = f.test.s > 0;
         let direction = f.metric.direction(rising);
-        let id = insight_id(window, dims, f.metric, index);
+        let id = insight_id("trend", window, dims, f.metric.name(), index);
         let span_hours = (f.last - f.first + 1) as f64 / per_hour;
         let change = f.slope.slope * (f.last - f.first) as f64;
         let relative = if f.median != 0.0 {
@@ -265,18 +265,19 @@ pub fn run<'a>(
     out
 }
 
-/// `trend-<32 hex digits of SHA-256 over the window, metric and dimensions>-<window index>`:
-/// the same run over the same data has the same id, so a republish is dropped by the stream.
-pub fn insight_id(window: &str, dims: &BTreeMap<String, String>, metric: Metric, index: i64) -> String {
+/// `<kind>-<32 hex digits of SHA-256 over the window, metric and dimensions>-<window index>`
+/// (kind `trend` or `regression`): the same run over the same data has the same id, so a
+/// republish is dropped by the stream.
+pub fn insight_id(kind: &str, window: &str, dims: &BTreeMap<String, String>, metric: &str, index: i64) -> String {
     let mut h = Sha256::new();
     h.update(window.as_bytes());
     h.update(b"\n");
-    h.update(metric.name().as_bytes());
+    h.update(metric.as_bytes());
     h.update(b"\n");
     for (k, v) in dims {
         h.update(format!("{k}={v}\n").as_bytes());
     }
-    format!("trend-{}-{index}", &hex::encode(h.finalize())[..32])
+    format!("{kind}-{}-{index}", &hex::encode(h.finalize())[..32])
 }
 
 /// `provider/model version task_type` (what is present), for descriptions.
