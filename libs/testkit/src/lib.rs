@@ -9,6 +9,8 @@
 //!   data directory and the test's configuration.
 //! - [`eventually`] polls a condition until a deadline.
 //! - [`read_stream`] reads everything a stream holds (optionally under a subject filter).
+//! - [`grafana`] loads the provisioned dashboards, expands their InfluxQL as Grafana does and
+//!   runs it on a real InfluxDB.
 //!
 //! Binaries are found through `MODELPERF_NATS_SERVER` / `MODELPERF_INFLUXD` /
 //! `MODELPERF_ALERTMANAGER`, then the project's
