@@ -286,3 +286,28 @@ async fn alerts(src: &Sources<'_>, marks: &Marks, plan: &Plan) -> anyhow::Result
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_sees_duplicates_missing_and_unknown_ids() {
+        let ids = || ["a", "b", "c"].into_iter();
+        assert!(Tally::of(ids(), ["a", "b", "c"].map(String::from)).exact());
+        let t = Tally::of(ids(), ["a", "a", "b", "x"].map(String::from));
+        assert_eq!(t, Tally { expected: 3, once: 2, duplicates: 1, missing: 1, unexpected: 1 });
+        assert!(!t.exact());
+    }
+
+    #[test]
+    fn influx_totals_must_equal_the_published_count() {
+        let mut acc = Accounting::default();
+        acc.events.expected = 10;
+        acc.influx_count = 10;
+        acc.influx_weighted = 10.0;
+        assert!(acc.influx_matches());
+        acc.influx_count = 11;
+        assert!(!acc.influx_matches());
+    }
+}
