@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run down test test-unit lint fmt schemas bench fuzz clean
+.PHONY: help run down test test-unit test-faults lint fmt schemas bench fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ test: ## install what is missing, check formatting and lints, run every test aga
 
 test-unit: ## run the test suite only (needs the prerequisites; tests rely on nextest's process per test)
 	$(CARGO) nextest run --workspace --no-fail-fast
+
+test-faults: ## the whole pipeline under load, one fault at a time, exact accounting after each (docs/faults.md)
+	@deploy/local/faults.sh
 
 lint: ## rustfmt --check and clippy -D warnings
 	$(CARGO) fmt --all -- --check

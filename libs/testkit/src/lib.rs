@@ -34,7 +34,9 @@ pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn find_binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
+/// The binary `name`: from the environment variable `env`, the project's `.tools/bin/`, or
+/// `PATH`.
+pub fn find_binary(env: &str, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
@@ -407,13 +409,30 @@ pub async fn read_stream(
     stream: &str,
     filter: Option<&str>,
 ) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
+    read_stream_after(js, stream, filter, 0).await
+}
+
+/// [`read_stream`] from the message after sequence `after` on (`0`: all of it).
+pub async fn read_stream_after(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    filter: Option<&str>,
+    after: u64,
+) -> anyhow::Result<Vec<async_nats::jetstream::Message>> {
     use async_nats::jetstream::consumer;
     use futures::StreamExt;
     let s = js.get_stream(stream).await.with_context(|| format!("stream {stream}"))?;
+    let deliver_policy = if after == 0 {
+        consumer::DeliverPolicy::All
+    } else {
+        consumer::DeliverPolicy::ByStartSequence { start_sequence: after + 1 }
+    };
     let consumer = s
         .create_consumer(consumer::pull::Config {
             ack_policy: consumer::AckPolicy::None,
+            deliver_policy,
             filter_subject: filter.unwrap_or_default().to_owned(),
+            inactive_threshold: Duration::from_secs(30),
             ..Default::default()
         })
         .await
