@@ -342,6 +342,11 @@ impl Influx {
         &self.url
     }
 
+    /// The process id of our own running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Creates a database with a unique name for one test and returns the name.
     pub async fn fresh_database(&self) -> anyhow::Result<String> {
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());

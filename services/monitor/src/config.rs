@@ -61,6 +61,12 @@ pub struct MonitorConfig {
     /// Alertmanager's base URL, e.g. `http://alertmanager:9093`; none: no Alertmanager
     /// deliveries (`MODELPERF_MONITOR__ALERTMANAGER_URL`).
     pub alertmanager_url: Option<String>,
+    /// A resolution is posted to Alertmanager no sooner than this after its alert's first
+    /// firing post, so Alertmanager has notified the firing first; longer than its `group_wait`
+    /// (`MODELPERF_MONITOR__ALERTMANAGER_MIN_FIRING`, default 35 s; Alertmanager's default
+    /// `group_wait` is 30 s).
+    #[serde(with = "humantime_serde")]
+    pub alertmanager_min_firing: Duration,
     /// When no window of a series arrives for this long (metrics time), its alerts resolve and
     /// its pending conditions are dropped (`MODELPERF_MONITOR__ABSENT_AFTER`, default 10 min).
     #[serde(with = "humantime_serde")]
@@ -94,6 +100,7 @@ impl Default for MonitorConfig {
             eval_interval: Duration::from_secs(10),
             resend_interval: Duration::from_secs(60),
             alertmanager_url: None,
+            alertmanager_min_firing: Duration::from_secs(35),
             absent_after: Duration::from_secs(600),
             clock_lag: Duration::from_secs(300),
             initial_lookback: Duration::from_secs(900),

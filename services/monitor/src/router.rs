@@ -2,7 +2,11 @@
 //!
 //! - **Alertmanager** (when configured) gets every transition of an evaluation in one post, and
 //!   every firing alert again once per resend interval (a firing alert is posted without
-//!   `endsAt`, so Alertmanager keeps it active for its `resolve_timeout` after each post).
+//!   `endsAt`, so Alertmanager keeps it active for its `resolve_timeout` after each post). A
+//!   resolution is held until its alert's first firing post is `alertmanager_min_firing` old:
+//!   Alertmanager notifies a group only after its `group_wait`, and an alert already resolved by
+//!   then is never notified at all — which would swallow every alert that fires and resolves in
+//!   one catch-up (after an InfluxDB outage, say). The held post keeps the real `endsAt`.
 //! - **Routes** send an alert to every receiver whose route matches its labels. Slack receives
 //!   one message per group (equal values of the route's `group_by` labels) per evaluation;
 //!   PagerDuty and webhooks one request per alert transition. A firing alert is notified again
@@ -70,6 +74,29 @@ pub struct RouterState {
     pub resend_slot: Option<i64>,
     /// Firing alerts notified to a receiver, by `<receiver>/<fingerprint>`.
     pub notified: BTreeMap<String, Notified>,
+    /// Alertmanager: the first firing post of each alert, by fingerprint (its `starts_at` in
+    /// milliseconds, and when it was posted).
+    #[serde(default)]
+    pub am_fired: BTreeMap<String, (i64, DateTime<Utc>)>,
+    /// Alertmanager: resolutions held until they are due, in the order they were decided.
+    #[serde(default)]
+    pub am_held: Vec<(DateTime<Utc>, Item)>,
+}
+
+impl RouterState {
+    /// Takes the held resolutions due at `now` (all of fingerprint `only`'s, when given).
+    fn take_held(&mut self, now: DateTime<Utc>, only: Option<&str>) -> Vec<Item> {
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.am_held)
+            .into_iter()
+            .partition(|(at, item)| only.map_or(*at <= now, |fp| item.alert.fingerprint == fp));
+        self.am_held = kept;
+        due.into_iter()
+            .map(|(_, item)| {
+                self.am_fired.remove(&item.alert.fingerprint);
+                item
+            })
+            .collect()
+    }
 }
 
 /// When a firing alert was last told to a receiver.
@@ -94,6 +121,8 @@ pub struct Router {
     providers: BTreeMap<String, &'static str>,
     alertmanager: bool,
     resend: Duration,
+    /// How long after an alert's first firing post its resolution may be posted.
+    am_min_firing: Duration,
 }
 
 fn short_hash<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
@@ -113,7 +142,69 @@ impl Router {
         alertmanager: bool,
         resend: Duration,
     ) -> Self {
-        Self { routes, providers, alertmanager, resend: resend.max(Duration::from_millis(1)) }
+        Self {
+            routes,
+            providers,
+            alertmanager,
+            resend: resend.max(Duration::from_millis(1)),
+            am_min_firing: Duration::ZERO,
+        }
+    }
+
+    /// Holds each resolution to Alertmanager until its alert's first firing post is `d` old.
+    pub fn with_alertmanager_min_firing(mut self, d: Duration) -> Self {
+        self.am_min_firing = d;
+        self
+    }
+
+    /// One post to Alertmanager, its id from the alerts' keys.
+    fn alertmanager_delivery(items: Vec<Item>, now: DateTime<Utc>) -> Delivery {
+        let mut keys: Vec<String> = items.iter().map(Item::key).collect();
+        keys.sort();
+        Delivery {
+            receiver: ALERTMANAGER.into(),
+            msg_id: format!("{ALERTMANAGER}:{}", short_hash(keys.iter().map(String::as_str))),
+            created_at: now,
+            expires_at: None,
+            items,
+        }
+    }
+
+    /// The transitions Alertmanager gets now; resolutions not yet due are held in `state`.
+    fn to_alertmanager(&self, state: &mut RouterState, items: &[Item], now: DateTime<Utc>) -> Vec<Item> {
+        let hold = TimeDelta::from_std(self.am_min_firing).unwrap_or(TimeDelta::MAX);
+        let mut out = Vec::new();
+        for item in items {
+            let fp = item.alert.fingerprint.as_str();
+            let starts_ms = item.alert.starts_at.timestamp_millis();
+            match item.alert.state {
+                AlertState::Firing => {
+                    // A new episode goes after the held resolution of the last one.
+                    out.extend(state.take_held(now, Some(fp)));
+                    let first = state.am_fired.entry(fp.to_owned()).or_insert((starts_ms, now));
+                    if first.0 != starts_ms {
+                        *first = (starts_ms, now);
+                    }
+                    out.push(item.clone());
+                }
+                AlertState::Resolved => {
+                    let due = state
+                        .am_fired
+                        .get(fp)
+                        .filter(|(starts, _)| *starts == starts_ms)
+                        .map(|(_, at)| at.checked_add_signed(hold).unwrap_or(DateTime::<Utc>::MAX_UTC));
+                    match due {
+                        Some(due) if due > now => state.am_held.push((due, item.clone())),
+                        _ => {
+                            state.am_fired.remove(fp);
+                            out.push(item.clone());
+                        }
+                    }
+                }
+                AlertState::Pending | AlertState::Inactive => {}
+            }
+        }
+        out
     }
 
     /// The deliveries of one evaluation's transitions.
@@ -129,15 +220,10 @@ impl Router {
             return out;
         }
         if self.alertmanager {
-            let mut keys: Vec<String> = items.iter().map(Item::key).collect();
-            keys.sort();
-            out.push(Delivery {
-                receiver: ALERTMANAGER.into(),
-                msg_id: format!("{ALERTMANAGER}:{}", short_hash(keys.iter().map(String::as_str))),
-                created_at: now,
-                expires_at: None,
-                items: items.clone(),
-            });
+            let now_items = self.to_alertmanager(state, &items, now);
+            if !now_items.is_empty() {
+                out.push(Self::alertmanager_delivery(now_items, now));
+            }
         }
         // receiver → group key → items; each receiver hears of an alert once however many
         // routes match it.
@@ -213,10 +299,16 @@ impl Router {
         out
     }
 
-    /// What time alone sends: Alertmanager's resend of every firing alert once per resend
-    /// interval, and the repeats of routes.
+    /// What time alone sends: Alertmanager's held resolutions once due, its resend of every
+    /// firing alert once per resend interval, and the repeats of routes.
     pub fn tick(&self, state: &mut RouterState, firing: &[Alert], now: DateTime<Utc>) -> Vec<Delivery> {
         let mut out = Vec::new();
+        if self.alertmanager {
+            let due = state.take_held(now, None);
+            if !due.is_empty() {
+                out.push(Self::alertmanager_delivery(due, now));
+            }
+        }
         let resend_ms = i64::try_from(self.resend.as_millis()).unwrap_or(i64::MAX).max(1);
         let slot = now.timestamp_millis().div_euclid(resend_ms);
         if self.alertmanager && state.resend_slot != Some(slot) {
@@ -333,6 +425,51 @@ mod tests {
         let resolved = r.route(&mut s, &[alert("A", "m1", "warning", AlertState::Resolved)], now);
         assert_eq!(resolved.len(), 2);
         assert_eq!(s.notified.len(), 4);
+    }
+
+    #[test]
+    fn alertmanager_gets_a_resolution_only_once_its_firing_is_old_enough() {
+        let r = router(true).with_alertmanager_min_firing(Duration::from_secs(35));
+        let mut s = RouterState::default();
+        let t0 = DateTime::from_timestamp(1_700_000_100, 0).unwrap();
+        let am = |d: &[Delivery]| -> Vec<String> {
+            d.iter().filter(|d| d.receiver == ALERTMANAGER).flat_map(|d| d.items.iter().map(Item::key)).collect()
+        };
+        // Fired and resolved in one catch-up: the firing goes now, the resolution waits.
+        let both = [alert("A", "m1", "warning", AlertState::Firing), alert("A", "m1", "warning", AlertState::Resolved)];
+        let d = r.route(&mut s, &both, t0);
+        assert_eq!(am(&d), [both[0].alert.fingerprint.clone() + ":firing-1700000000000"]);
+        assert_eq!(d.iter().filter(|d| d.receiver == "chat").map(|d| d.items.len()).sum::<usize>(), 2, "routes unheld");
+        assert!(am(&r.tick(&mut s, &[], t0 + TimeDelta::seconds(34))).is_empty(), "not due yet");
+        let later = r.tick(&mut s, &[], t0 + TimeDelta::seconds(35));
+        assert_eq!(am(&later), [both[1].alert.fingerprint.clone() + ":resolved-1700000000000"]);
+        assert_eq!(later[0].items[0].alert.ends_at, both[1].alert.ends_at, "the real end time");
+        assert!(s.am_held.is_empty() && s.am_fired.is_empty());
+        // Made again from the same state, the held post has the same id (deduplicated).
+        let mut s2 = RouterState::default();
+        r.route(&mut s2, &both, t0);
+        assert_eq!(r.tick(&mut s2, &[], t0 + TimeDelta::seconds(40))[0].msg_id, later[0].msg_id);
+
+        // Resolved long after firing: not held.
+        let f = alert("B", "m1", "warning", AlertState::Firing);
+        r.route(&mut s, std::slice::from_ref(&f), t0);
+        let d = r.route(&mut s, &[alert("B", "m1", "warning", AlertState::Resolved)], t0 + TimeDelta::minutes(2));
+        assert_eq!(am(&d).len(), 1);
+        assert!(s.am_held.is_empty());
+
+        // A new episode releases the held resolution of the last one first, in the same post.
+        let c = alert("C", "m1", "warning", AlertState::Firing);
+        r.route(&mut s, &[c.clone(), alert("C", "m1", "warning", AlertState::Resolved)], t0);
+        let mut again = c.clone();
+        again.alert.starts_at += TimeDelta::minutes(1);
+        let d = r.route(&mut s, std::slice::from_ref(&again), t0 + TimeDelta::seconds(5));
+        let keys = am(&d);
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].contains(":resolved-") && keys[1].contains(":firing-"), "{keys:?}");
+
+        // Without a hold (the default), both go in one post as decided.
+        let d = router(true).route(&mut RouterState::default(), &both, t0);
+        assert_eq!(am(&d).len(), 2);
     }
 
     #[test]

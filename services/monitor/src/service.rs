@@ -357,7 +357,8 @@ async fn evaluate(ctx: &Ctx, halt: CancellationToken, lost: CancellationToken) -
     };
     let mut engine = Engine::new(ctx.rules.clone(), engine_config, std::mem::take(&mut saved.engine));
     let providers = m.receivers.iter().map(|(k, v)| (k.clone(), v.provider())).collect();
-    let router = Router::new(m.routes()?, providers, m.alertmanager_url.is_some(), m.resend_interval);
+    let router = Router::new(m.routes()?, providers, m.alertmanager_url.is_some(), m.resend_interval)
+        .with_alertmanager_min_firing(m.alertmanager_min_firing);
     let mut router_state = std::mem::take(&mut saved.router);
     let mut checks = m.health.enabled.then(|| {
         Checks::new(js.clone(), m.health.clone(), &ctx.config.bus, ctx.config.nats.replicas, ctx.heartbeats.clone())

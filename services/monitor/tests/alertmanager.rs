@@ -42,6 +42,8 @@ async fn a_breach_is_active_in_alertmanager_past_resolve_timeout_and_resolved_wh
     let am = Alertmanager::start(&am_config(&hook.url("/am"))).await.unwrap();
     let mut c = config(stack.nats.url());
     c.monitor.alertmanager_url = Some(am.url().to_owned());
+    // Alertmanager's group_wait here is 100 ms.
+    c.monitor.alertmanager_min_firing = Duration::from_secs(1);
     let monitor = Running::start(c, LATENCY_RULE).await;
     let feed = Feed::start(&stack.js, &["gpt-4o"]);
 

@@ -55,6 +55,24 @@ pub struct Targets {
     pub webhook: String,
 }
 
+/// How the services run besides their configuration file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `MODELPERF_BUS__PARTITIONS`.
+    pub partitions: u32,
+    /// `MODELPERF_BUS__ACK_WAIT`.
+    pub ack_wait: Duration,
+    /// `MODELPERF_BUS__LEASE_TTL`.
+    pub lease_ttl: Duration,
+}
+
+impl Settings {
+    /// The fault harness's: [`PARTITIONS`], [`ACK_WAIT`], a 3 s lease.
+    pub fn faults() -> Settings {
+        Settings { partitions: PARTITIONS, ack_wait: ACK_WAIT, lease_ttl: Duration::from_secs(3) }
+    }
+}
+
 /// The configuration all five services read: short windows like `deploy/local/demo.toml`, only
 /// the `10s` window, the webhook route, Alertmanager.
 fn config_text(t: &Targets, rules: &Path) -> String {
@@ -78,6 +96,8 @@ rules_file = "{rules}"
 eval_interval = "1s"
 resend_interval = "5s"
 alertmanager_url = "{am}"
+# Alertmanager's group_wait in the harness is 100 ms.
+alertmanager_min_firing = "2s"
 
 [monitor.delivery]
 base_backoff = "200ms"
@@ -128,6 +148,7 @@ pub struct Pipeline {
     pub services: Vec<Service>,
     config: PathBuf,
     targets: Targets,
+    settings: Settings,
     http: reqwest::Client,
 }
 
@@ -136,11 +157,25 @@ impl Pipeline {
     /// each is ready. Logs go to `logs/<service>.log`.
     pub async fn start(targets: Targets, dir: &Path, logs: &Path) -> anyhow::Result<Pipeline> {
         std::fs::create_dir_all(dir)?;
-        std::fs::create_dir_all(logs)?;
         let rules = dir.join("rules.toml");
         std::fs::write(&rules, RULES)?;
-        let config = dir.join("faults.toml");
-        std::fs::write(&config, config_text(&targets, &rules))?;
+        let text = config_text(&targets, &rules);
+        Pipeline::start_with(targets, &text, Settings::faults(), dir, logs).await
+    }
+
+    /// Starts every service on the configuration `text` (written into `dir`) and `settings`, and
+    /// waits until each is ready. Logs go to `logs/<service>.log`.
+    pub async fn start_with(
+        targets: Targets,
+        text: &str,
+        settings: Settings,
+        dir: &Path,
+        logs: &Path,
+    ) -> anyhow::Result<Pipeline> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(logs)?;
+        let config = dir.join("modelperf.toml");
+        std::fs::write(&config, text)?;
         let mut services = Vec::new();
         for name in SERVICES {
             let binary = bin(&format!("modelperf-{name}"))?;
@@ -153,7 +188,7 @@ impl Pipeline {
             });
         }
         let http = modelperf_telemetry::http::client().timeout(Duration::from_secs(2)).build()?;
-        let mut pipeline = Pipeline { services, config, targets, http };
+        let mut pipeline = Pipeline { services, config, targets, settings, http };
         for i in 0..pipeline.services.len() {
             pipeline.spawn(i)?;
             pipeline.wait_ready(i).await?;
@@ -174,14 +209,14 @@ impl Pipeline {
             .env("MODELPERF_CONFIG", &self.config)
             .env("MODELPERF_NATS__URL", &t.nats)
             .env("MODELPERF_NATS__REPLICAS", t.replicas.to_string())
-            .env("MODELPERF_BUS__PARTITIONS", PARTITIONS.to_string())
-            .env("MODELPERF_BUS__ACK_WAIT", format!("{}s", ACK_WAIT.as_secs()))
-            .env("MODELPERF_BUS__LEASE_TTL", "3s")
+            .env("MODELPERF_BUS__PARTITIONS", self.settings.partitions.to_string())
+            .env("MODELPERF_BUS__ACK_WAIT", format!("{}ms", self.settings.ack_wait.as_millis()))
+            .env("MODELPERF_BUS__LEASE_TTL", format!("{}ms", self.settings.lease_ttl.as_millis()))
             .env("MODELPERF_INFLUX__URL", &t.influx)
             .env("MODELPERF_INFLUX__DATABASE", &t.database)
             .env("MODELPERF_COLLECTOR__PRIVACY_KEY", "faults-privacy-key")
             .env("MODELPERF_HTTP__LISTEN", format!("127.0.0.1:{}", s.port))
-            .env("MODELPERF_LOG", "warn")
+            .env("MODELPERF_LOG", std::env::var("MODELPERF_FAULTS_LOG").unwrap_or_else(|_| "warn".into()))
             .env("MODELPERF_LOG_FORMAT", "json")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
