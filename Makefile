@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help run down test test-unit test-faults lint fmt schemas bench fuzz clean
+.PHONY: help run down test test-unit test-faults lint fmt schemas bench soak fuzz clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ fmt: ## format the code
 schemas: ## regenerate schemas/ from the Rust types (review the diff)
 	MODELPERF_BLESS=1 $(CARGO) test -p modelperf-schema --test contract
 
-bench: ## collector vs identity drains, steady-state latency and memory (results: docs/BENCHMARKS.md)
+bench: ## the whole pipeline under load vs plain JetStream and an identity pipeline, then each service (docs/BENCHMARKS.md)
 	@deploy/local/bench.sh
+
+soak: ## the whole pipeline at 5 000 events/s for 30 minutes: exact accounting, memory growth per service
+	@deploy/local/soak.sh
 
 fuzz: ## fuzz the decode-and-validate entry points, FUZZ_SECONDS each (default 600; docs/fuzzing.md)
 	@deploy/local/fuzz.sh
