@@ -434,13 +434,13 @@ async fn search(
     s: &Servers,
     a: &Args,
     name: &str,
+    mut seed: u64,
     t0: Instant,
     procs: &dyn Fn() -> Vec<(String, u32)>,
 ) -> anyhow::Result<(u64, Vec<Step>)> {
     let mut rate = a.start_rate;
     let mut best = 0;
     let mut steps = Vec::new();
-    let mut seed = 1000;
     while rate <= a.max_rate {
         seed += 1;
         let st = step(s, rate, a.step, seed, procs()).await?;
@@ -746,6 +746,7 @@ struct RunResult {
 
 async fn measured(
     s: &Servers,
+    seed: u64,
     rate: u64,
     d: Duration,
     warmup: Duration,
@@ -760,7 +761,7 @@ async fn measured(
     let mut procs: Vec<(String, u32)> =
         pipeline.services.iter().filter_map(|sv| Some((sv.name.to_owned(), sv.pid()?))).collect();
     procs.extend(s.pids());
-    let st = step(s, rate, d, 42, procs).await?;
+    let st = step(s, rate, d, seed, procs).await?;
     let drain = drained(s, Duration::from_secs(120)).await?;
     let to_clean = positions(&s.js).await?;
     let published = to_clean[streams::RAW] - from[streams::RAW];
@@ -834,7 +835,7 @@ async fn soak(s: &Servers, a: &Args, d: Duration, dir: &Path, t0: Instant) -> an
         d.as_secs(),
         a.warmup.as_secs()
     );
-    let r = measured(s, a.steady_rate, d, a.warmup, "soak", &dir.join("soak"), t0).await?;
+    let r = measured(s, 300, a.steady_rate, d, a.warmup, "soak", &dir.join("soak"), t0).await?;
     let mut over = Vec::new();
     for (name, g) in &r.growth {
         let text = g.map_or_else(|| "too few samples".to_owned(), |g| format!("{g:+.2} MiB per 10 min"));
@@ -893,7 +894,7 @@ async fn main() -> anyhow::Result<()> {
         let id = IdentityPipeline::start(&s).await?;
         say(t0, "identity pipeline: rate search");
         let servers = s.pids();
-        let (best, _) = search(&s, &a, "identity", t0, &|| servers.clone()).await?;
+        let (best, _) = search(&s, &a, "identity", 1000, t0, &|| servers.clone()).await?;
         id.stop().await?;
         println!("identity pipeline: highest rate that held {best} events/s");
         identity_best = Some(best);
@@ -908,7 +909,7 @@ async fn main() -> anyhow::Result<()> {
                 pipeline.services.iter().filter_map(|sv| Some((sv.name.to_owned(), sv.pid()?))).collect();
             procs.extend(s.pids());
             say(t0, "pipeline: rate search");
-            let (best, steps) = search(&s, &a, "pipeline", t0, &|| procs.clone()).await?;
+            let (best, steps) = search(&s, &a, "pipeline", 2000, t0, &|| procs.clone()).await?;
             if let Some(last) = steps.iter().rev().find(|st| st.rate == best) {
                 println!("pipeline search: processes at {best} events/s: {}", procs_text(&last.procs));
             }
@@ -922,7 +923,10 @@ async fn main() -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for r in 1..=a.runs {
         let label = format!("run {r}");
-        runs.push(measured(&s, best, a.run, a.warmup, &label, &dir.path().join(&label), t0).await?);
+        // A seed of its own: the same seed gives the same task ids, hence the same batch ids,
+        // which `RL_BATCHES` would drop as duplicates of the last run's.
+        let seed = 100 + r as u64;
+        runs.push(measured(&s, seed, best, a.run, a.warmup, &label, &dir.path().join(&label), t0).await?);
     }
     let achieved = median(runs.iter().map(|r| r.achieved).collect());
     let all_exact = runs.iter().all(|r| r.exact);
@@ -942,7 +946,7 @@ async fn main() -> anyhow::Result<()> {
     println!("pipeline / plain consume-with-ack: {:.2}", achieved / consume);
 
     if a.steady_rate > 0 {
-        let r = measured(&s, a.steady_rate, a.step, a.warmup, "steady", &dir.path().join("steady"), t0).await?;
+        let r = measured(&s, 200, a.steady_rate, a.step, a.warmup, "steady", &dir.path().join("steady"), t0).await?;
         println!(
             "steady {} events/s: publish → clean event p99 {:.1} ms; largest service peak {:.0} MiB",
             a.steady_rate, r.clean_p99_ms, r.peak_service_mib
