@@ -744,16 +744,17 @@ struct RunResult {
     growth: Vec<(String, Option<f64>)>,
 }
 
-async fn measured(
-    s: &Servers,
+/// The load of one measured run: the generator's seed, its rate and duration, and the warm-up
+/// before memory growth is fitted.
+struct Run {
     seed: u64,
     rate: u64,
     d: Duration,
     warmup: Duration,
-    label: &str,
-    dir: &Path,
-    t0: Instant,
-) -> anyhow::Result<RunResult> {
+}
+
+async fn measured(s: &Servers, run: Run, label: &str, dir: &Path, t0: Instant) -> anyhow::Result<RunResult> {
+    let Run { seed, rate, d, warmup } = run;
     s.purge().await?;
     let (pipeline, database) = s.pipeline(dir).await?;
     let from = positions(&s.js).await?;
@@ -835,7 +836,8 @@ async fn soak(s: &Servers, a: &Args, d: Duration, dir: &Path, t0: Instant) -> an
         d.as_secs(),
         a.warmup.as_secs()
     );
-    let r = measured(s, 300, a.steady_rate, d, a.warmup, "soak", &dir.join("soak"), t0).await?;
+    let r =
+        measured(s, Run { seed: 300, rate: a.steady_rate, d, warmup: a.warmup }, "soak", &dir.join("soak"), t0).await?;
     let mut over = Vec::new();
     for (name, g) in &r.growth {
         let text = g.map_or_else(|| "too few samples".to_owned(), |g| format!("{g:+.2} MiB per 10 min"));
@@ -926,7 +928,10 @@ async fn main() -> anyhow::Result<()> {
         // A seed of its own: the same seed gives the same task ids, hence the same batch ids,
         // which `RL_BATCHES` would drop as duplicates of the last run's.
         let seed = 100 + r as u64;
-        runs.push(measured(&s, seed, best, a.run, a.warmup, &label, &dir.path().join(&label), t0).await?);
+        runs.push(
+            measured(&s, Run { seed, rate: best, d: a.run, warmup: a.warmup }, &label, &dir.path().join(&label), t0)
+                .await?,
+        );
     }
     let achieved = median(runs.iter().map(|r| r.achieved).collect());
     let all_exact = runs.iter().all(|r| r.exact);
@@ -946,7 +951,14 @@ async fn main() -> anyhow::Result<()> {
     println!("pipeline / plain consume-with-ack: {:.2}", achieved / consume);
 
     if a.steady_rate > 0 {
-        let r = measured(&s, 200, a.steady_rate, a.step, a.warmup, "steady", &dir.path().join("steady"), t0).await?;
+        let r = measured(
+            &s,
+            Run { seed: 200, rate: a.steady_rate, d: a.step, warmup: a.warmup },
+            "steady",
+            &dir.path().join("steady"),
+            t0,
+        )
+        .await?;
         println!(
             "steady {} events/s: publish → clean event p99 {:.1} ms; largest service peak {:.0} MiB",
             a.steady_rate, r.clean_p99_ms, r.peak_service_mib
