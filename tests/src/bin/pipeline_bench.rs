@@ -33,7 +33,7 @@
 //!   the finaliser publishes after InfluxDB acknowledged the points (an event waits this plus
 //!   the rest of its window);
 //! - task completed → sample in a batch: the time `RL_BATCHES` stored the batch holding the
-//!   task, for one task in eight (by a hash of its id).
+//!   task, for one task in eight (those of partition 0 of 8 by task id).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -685,7 +685,7 @@ async fn latencies(
         record(&mut clean, e.ts, stored_at(m)?);
         if e.kind().as_str() == "task_completed" {
             let id = e.task_id.clone().unwrap_or_default();
-            if mix(fnv(&id)).is_multiple_of(8) {
+            if modelperf_bus::partition_of(&id, 8) == 0 {
                 completed.insert(id, e.ts);
             }
         }
@@ -717,11 +717,6 @@ async fn latencies(
     })
     .await?;
     Ok(Latencies { clean, influx, batch, samples })
-}
-
-/// A stable 64-bit hash of a string (FNV-1a), for sampling tasks.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// `SUM("count")` of the `10s` windows in `database`.
@@ -756,7 +751,7 @@ struct Run {
 async fn measured(s: &Servers, run: Run, label: &str, dir: &Path, t0: Instant) -> anyhow::Result<RunResult> {
     let Run { seed, rate, d, warmup } = run;
     s.purge().await?;
-    let (pipeline, database) = s.pipeline(dir).await?;
+    let (mut pipeline, database) = s.pipeline(dir).await?;
     let from = positions(&s.js).await?;
     say(t0, &format!("{label}: {rate} events/s for {} s", d.as_secs()));
     let mut procs: Vec<(String, u32)> =
@@ -781,12 +776,8 @@ async fn measured(s: &Servers, run: Run, label: &str, dir: &Path, t0: Instant) -
     // Batches close within `batch_max_age` after the last join.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let to = positions(&s.js).await?;
-    let exited = {
-        let mut p = pipeline;
-        let e = p.exited();
-        drop(p);
-        e
-    };
+    let exited = pipeline.exited();
+    drop(pipeline);
     say(t0, &format!("{label}: reading the latencies back"));
     let lat = latencies(&s.js, &from, &to).await?;
     let exact = clean + dead == published && counted as u64 == clean && exited.is_empty();
