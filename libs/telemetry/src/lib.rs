@@ -73,11 +73,32 @@ pub fn init(service: &str) -> anyhow::Result<TelemetryGuard> {
         registry.with(fmt.pretty().with_ansi(std::io::stderr().is_terminal())).try_init()
     };
     let prometheus = match PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => handle,
+        Ok(handle) => {
+            spawn_upkeep(handle.clone());
+            handle
+        }
         // Tests may build several services in one process: record into a private registry.
         Err(_) => PrometheusBuilder::new().build_recorder().handle(),
     };
     Ok(TelemetryGuard { tracer, prometheus })
+}
+
+/// How often the recorder's histograms are drained into their summaries.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains the recorder's histograms every [`UPKEEP_EVERY`] on a thread of its own. The
+/// recorder keeps every histogram sample until upkeep runs, and `install_recorder` leaves that
+/// to the caller: without it a process that nobody scrapes grows by every sample it records.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread; histograms drain only when scraped");
+    }
 }
 
 fn otlp_provider(service: &str) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {

@@ -128,6 +128,11 @@ pub fn window_key(window: &WindowSpec, start: DateTime<Utc>, dims: &Dims) -> Str
     format!("{}.{}.{}", window.name(), start.timestamp(), series_hash(dims))
 }
 
+/// Series of a final window committed and then written together. Each series is committed
+/// before it is written, and a successor re-derives what it finds committed, so a crash between
+/// chunks loses nothing; the chunk only bounds what is held at once.
+const FINAL_CHUNK: usize = 1_000;
+
 /// Writes what the finaliser decides.
 #[derive(Debug, Clone)]
 pub struct Persister {
@@ -157,8 +162,17 @@ impl Persister {
         for action in actions {
             match action {
                 Action::Final { window, start, series, seq } => {
-                    let committed = self.commit_first(&window, start, series, seq, recovering).await?;
-                    self.derive(&window, start, &committed, stop).await?;
+                    // Chunk by chunk: committing a whole window first and deriving it after would
+                    // hold every series' state, metrics, points and messages at once.
+                    let mut series = series.into_iter();
+                    loop {
+                        let chunk: Vec<_> = series.by_ref().take(FINAL_CHUNK).collect();
+                        if chunk.is_empty() {
+                            break;
+                        }
+                        let committed = self.commit_first(&window, start, chunk, seq, recovering).await?;
+                        self.derive(&window, start, &committed, stop).await?;
+                    }
                 }
                 Action::Revise { window, start, dims, delta, seq } => {
                     let key = window_key(&window, start, &dims);

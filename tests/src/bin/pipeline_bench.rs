@@ -90,7 +90,7 @@ fn args() -> anyhow::Result<Args> {
         baseline: Duration::from_secs(30),
         identity: true,
         soak: None,
-        warmup: Duration::from_secs(300),
+        warmup: Duration::from_secs(660),
     };
     let mut it = std::env::args().skip(1);
     let secs = |v: String| -> anyhow::Result<Duration> { Ok(Duration::from_secs(v.parse()?)) };
@@ -306,6 +306,17 @@ impl Meter {
                 (name.clone(), slope(&points).map(|per_sec| per_sec * 600.0))
             })
             .collect()
+    }
+
+    /// Resident MiB per process at the first sample of every `every` seconds.
+    fn profile(&self, every: f64) -> Vec<(f64, Vec<f64>)> {
+        let mut out: Vec<(f64, Vec<f64>)> = Vec::new();
+        for (t, kib) in &self.series {
+            if out.last().is_none_or(|(last, _)| *t >= last + every) {
+                out.push((*t, kib.iter().map(|k| *k as f64 / 1024.0).collect()));
+            }
+        }
+        out
     }
 
     /// (name, CPU as % of one core, peak resident MiB, resident MiB now), over the samples.
@@ -737,7 +748,12 @@ struct RunResult {
     peak_service_mib: f64,
     /// Resident memory growth after the warm-up, MiB per 10 minutes, per process.
     growth: Vec<(String, Option<f64>)>,
+    /// Resident MiB per process every `PROFILE_EVERY`, for the soak's table.
+    profile: Vec<(f64, Vec<f64>)>,
 }
+
+/// The interval of the soak's memory table.
+const PROFILE_EVERY: f64 = 300.0;
 
 /// The load of one measured run: the generator's seed, its rate and duration, and the warm-up
 /// before memory growth is fitted.
@@ -815,7 +831,8 @@ async fn measured(s: &Servers, run: Run, label: &str, dir: &Path, t0: Instant) -
         .fold(0.0, f64::max);
     let clean_p99_ms = lat.clean.value_at_quantile(0.99) as f64 / 1000.0;
     let growth = st.meter.growth(warmup);
-    Ok(RunResult { achieved: st.achieved, exact, clean_p99_ms, peak_service_mib, growth })
+    let profile = st.meter.profile(PROFILE_EVERY);
+    Ok(RunResult { achieved: st.achieved, exact, clean_p99_ms, peak_service_mib, growth, profile })
 }
 
 /// `make soak`: one run at the steady rate for `d`, with the growth of every process's resident
@@ -829,6 +846,15 @@ async fn soak(s: &Servers, a: &Args, d: Duration, dir: &Path, t0: Instant) -> an
     );
     let r =
         measured(s, Run { seed: 300, rate: a.steady_rate, d, warmup: a.warmup }, "soak", &dir.join("soak"), t0).await?;
+    let names: Vec<&str> = r.growth.iter().map(|(n, _)| n.as_str()).collect();
+    println!(
+        "soak: resident MiB by minute\n{:>6} {}",
+        "min",
+        names.iter().map(|n| format!("{n:>14}")).collect::<String>()
+    );
+    for (t, mib) in &r.profile {
+        println!("{:>6.0} {}", t / 60.0, mib.iter().map(|m| format!("{m:>14.1}")).collect::<String>());
+    }
     let mut over = Vec::new();
     for (name, g) in &r.growth {
         let text = g.map_or_else(|| "too few samples".to_owned(), |g| format!("{g:+.2} MiB per 10 min"));
