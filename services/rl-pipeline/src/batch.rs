@@ -98,15 +98,16 @@ impl Open {
                     >= chrono::Duration::from_std(config.batch_max_age).unwrap_or(chrono::Duration::MAX))
     }
 
-    /// The finished batch. Samples are sorted by task id, so the same tasks give the same bytes.
-    pub fn finish(&self, config: &RlConfig, created_at: DateTime<Utc>, filtered: BTreeMap<String, u64>) -> Batch {
-        let mut samples: Vec<Sample> = self.samples.iter().map(|(s, _, _)| s.clone()).collect();
-        samples.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    /// The finished batch, its samples moved into it. Samples are sorted by task id, so the same
+    /// tasks give the same bytes.
+    pub fn finish(self, config: &RlConfig, created_at: DateTime<Utc>, filtered: BTreeMap<String, u64>) -> Batch {
         let first_seq = self.samples.iter().map(|(_, f, _)| *f).min().unwrap_or(0);
         let last_seq = self.samples.iter().map(|(_, _, l)| *l).max().unwrap_or(0);
+        let mut samples: Vec<Sample> = self.samples.into_iter().map(|(s, _, _)| s).collect();
+        samples.sort_by(|a, b| a.task_id.cmp(&b.task_id));
         Batch {
             batch_id: batch_id(&self.dataset, samples.iter().map(|s| s.task_id.as_str())),
-            dataset: self.dataset.clone(),
+            dataset: self.dataset,
             schema_v: 1,
             created_at,
             stats: stats(&samples, filtered),

@@ -285,7 +285,7 @@ async fn tick(
             part.place(r, now);
         }
         let decided = part.decide_due(now, shutdown);
-        let batches = part.publishable();
+        let batches = part.take_publishable();
         if decided || !batches.is_empty() {
             // The decision first: a successor rebuilds and publishes exactly these batches.
             save(store, part, progress).await?;

@@ -176,15 +176,19 @@ impl Partition {
             .push((Decided { dataset: dataset.to_owned(), task_ids, created_at: now, first_seq, filtered }, slots));
     }
 
-    /// Decided batches whose samples are all present, ready to publish, oldest first.
-    pub fn publishable(&self) -> Vec<Batch> {
+    /// Decided batches whose samples are all present, ready to publish, oldest first. Their
+    /// samples move into the batches (a copy would double the memory of every decided batch);
+    /// the decisions stay until [`Partition::published`], so a checkpoint still holds them, and
+    /// an owner that fails to publish stops and its successor rebuilds them from a replay.
+    pub fn take_publishable(&mut self) -> Vec<Batch> {
+        let config = &self.config;
         self.decided
-            .iter()
-            .filter(|(d, slots)| d.task_ids.len() == slots.len())
+            .iter_mut()
+            .filter(|(d, slots)| !slots.is_empty() && d.task_ids.len() == slots.len())
             .map(|(d, slots)| {
                 let mut open = Open::new(&d.dataset, d.created_at);
-                open.samples = slots.values().cloned().collect();
-                open.finish(&self.config, d.created_at, d.filtered.clone())
+                open.samples = std::mem::take(slots).into_values().collect();
+                open.finish(config, d.created_at, d.filtered.clone())
             })
             .collect()
     }
@@ -285,8 +289,10 @@ mod tests {
         for r in a.take_ready(later, false) {
             a.place(r, later);
         }
-        let batches = a.publishable();
+        let batches = a.take_publishable();
         assert_eq!(batches.len(), 2, "two full batches of three, one task still open");
+        assert!(a.take_publishable().is_empty(), "their samples moved out");
+        assert_eq!(a.marks().decided.len(), 2, "the decisions stay until published");
         // The first is published; the second decided and in the ledger, then the owner dies.
         for b in &batches {
             for s in &b.samples {
@@ -309,7 +315,7 @@ mod tests {
             }
             b.place(r, later);
         }
-        let again = b.publishable();
+        let again = b.take_publishable();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].batch_id, batches[1].batch_id, "the same tasks, the same id");
         assert_eq!(again[0].content_hash, batches[1].content_hash, "and the same samples");
@@ -317,7 +323,7 @@ mod tests {
         b.published(&again[0]);
         // Shutdown flushes the partial batch.
         assert!(b.decide_due(later, true));
-        stored.extend(b.publishable());
+        stored.extend(b.take_publishable());
         let tasks: Vec<String> = stored.iter().flat_map(|b| b.samples.iter().map(|s| s.task_id.clone())).collect();
         let unique: BTreeSet<&String> = tasks.iter().collect();
         assert_eq!((tasks.len(), unique.len()), (7, 7), "{tasks:?}");
