@@ -320,10 +320,11 @@ pub struct Joins {
 
 /// Tasks closed within the last join window, each remembered by a 64-bit hash of its id under
 /// a key drawn per process, not by the id: every task is remembered for the whole join window
-/// (a million and more in ten minutes at 12 500 events a second), and about 30 bytes a task
-/// instead of about 120 is most of the service's memory. Two tasks collide with a probability of about
-/// n / 2^64 for n remembered ones (below 10^-13 at a million), and the key keeps a producer
-/// from choosing ids that collide; a task that did collide would have its parts counted late.
+/// (a million and more in ten minutes at 12 500 events a second), and at about 120 bytes a
+/// task the ids were the largest part of the service's memory; a hash and a time take about
+/// 30. Two tasks collide with a probability of about n / 2^64 for n remembered ones (below
+/// 10^-13 at a million), and the key keeps a producer from choosing ids that collide; a task
+/// that did collide would have its parts counted late.
 #[derive(Debug, Default)]
 struct Closed {
     key: RandomState,

@@ -850,10 +850,10 @@ async fn soak(s: &Servers, a: &Args, d: Duration, dir: &Path, t0: Instant) -> an
     println!(
         "soak: resident MiB by minute\n{:>6} {}",
         "min",
-        names.iter().map(|n| format!("{n:>14}")).collect::<String>()
+        names.iter().map(|n| format!(" {n:>14}")).collect::<String>()
     );
     for (t, mib) in &r.profile {
-        println!("{:>6.0} {}", t / 60.0, mib.iter().map(|m| format!("{m:>14.1}")).collect::<String>());
+        println!("{:>6.0} {}", t / 60.0, mib.iter().map(|m| format!(" {m:>14.1}")).collect::<String>());
     }
     let mut over = Vec::new();
     for (name, g) in &r.growth {
