@@ -319,7 +319,7 @@ pub struct Joins {
 }
 
 /// Tasks closed within the last join window, each remembered by a 64-bit hash of its id under
-/// a key drawn per process, not by the id: every task is remembered for the whole join window
+/// a random key drawn when the partition's joins are created, not by the id: every task is remembered for the whole join window
 /// (a million and more in ten minutes at 12 500 events a second), and at about 120 bytes a
 /// task the ids were the largest part of the service's memory; a hash and a time take about
 /// 30. Two tasks collide with a probability of about n / 2^64 for n remembered ones (below
@@ -348,11 +348,13 @@ impl Closed {
         self.order.push_back((at.timestamp_millis(), h));
     }
 
-    /// Forgets the tasks closed at or before `until`.
-    fn forget_until(&mut self, until: DateTime<Utc>) {
-        let until = until.timestamp_millis();
+    /// Forgets the tasks closed a `window` or more before `now`.
+    fn forget_older(&mut self, now: DateTime<Utc>, window: Duration) {
+        // In milliseconds: `now` may be the clock's minimum before a partition has read anything,
+        // and `now - window` would overflow there.
+        let (now, window) = (now.timestamp_millis(), window.num_milliseconds());
         while let Some(&(t, h)) = self.order.front()
-            && t <= until
+            && t.saturating_add(window) <= now
         {
             self.order.pop_front();
             self.hashes.remove(&h);
@@ -453,7 +455,7 @@ impl Joins {
     pub fn due(&mut self, now: DateTime<Utc>) -> (Vec<Ready>, Vec<(Join, Expiry)>) {
         // Forget closed tasks older than a window: a part that late is a new, incomplete join
         // that expires (the ledger still keeps it out of a second batch).
-        self.closed.forget_until(now - self.window);
+        self.closed.forget_older(now, self.window);
         let mut due: BTreeSet<AgeKey> =
             self.by_age.iter().take_while(|(opened, _, _)| *opened + self.window <= now).cloned().collect();
         for (_, task) in self.by_complete.iter().take_while(|(c, _)| *c + self.grace <= now) {
@@ -638,6 +640,8 @@ mod tests {
         assert_eq!(j.add(&parts("t2")[4], 51, t0 + window).0, Added::Joined, "another task is not late");
         j.due(t0 + Duration::seconds(5) + window);
         assert_eq!(j.add(late, 52, t0 + Duration::seconds(6) + window).0, Added::Joined, "forgotten after a window");
+        // A partition that has read nothing yet ticks at the clock's minimum.
+        assert!(j.due(DateTime::<Utc>::MIN_UTC).0.is_empty());
     }
 
     #[test]
